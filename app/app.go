@@ -1,0 +1,322 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/colonymq/colony/rpc"
+	"github.com/colonymq/colony/server"
+	"github.com/colonymq/colony/store"
+)
+
+// ErrStarted is returned by Use and Start on an App that has already started.
+var ErrStarted = errors.New("app already started")
+
+// App is one Colony node: the store, the module RPC, the MQTT gateway, the
+// enabled modules and the operations HTTP endpoint, started and stopped as one.
+type App struct {
+	cfg     Config
+	log     zerolog.Logger
+	all     []Module // every module offered, in Use order
+	running []Module // enabled modules in start order
+
+	mu       sync.Mutex
+	started  bool
+	stopped  bool
+	db       *store.DB
+	reg      *rpc.Registry
+	local    *rpc.Local
+	client   *rpc.Client
+	srv      *server.Server
+	ops      *opsServer
+	startAt  time.Time
+	stopping chan struct{}
+}
+
+// New makes an App from cfg, applying defaults. It does no I/O; Start
+// validates the config against the modules given to Use.
+func New(cfg Config, log zerolog.Logger) *App {
+	cfg.SetDefaults()
+	return &App{cfg: cfg, log: log, stopping: make(chan struct{})}
+}
+
+// Use offers modules to the App. Which of them run is decided by
+// modules.enabled (all of them when it is empty). Call before Start.
+func (a *App) Use(mods ...Module) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.started {
+		return ErrStarted
+	}
+	for _, m := range mods {
+		if m == nil || m.ID() == "" {
+			return fmt.Errorf("use module: empty id: %w", ErrConfig)
+		}
+		if slices.ContainsFunc(a.all, func(o Module) bool { return o.ID() == m.ID() }) {
+			return fmt.Errorf("use module %q: registered twice: %w", m.ID(), ErrConfig)
+		}
+		a.all = append(a.all, m)
+	}
+	return nil
+}
+
+// Config returns the effective configuration (defaults applied).
+func (a *App) Config() Config { return a.cfg }
+
+// ModuleIDs returns the ids of all modules offered with Use.
+func (a *App) ModuleIDs() []string {
+	ids := make([]string, len(a.all))
+	for i, m := range a.all {
+		ids[i] = m.ID()
+	}
+	return ids
+}
+
+// Start validates the config, opens the store, initialises the enabled
+// modules, binds the listeners and starts the modules. On failure everything
+// already started is stopped again, in reverse order.
+func (a *App) Start(ctx context.Context) (err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.started {
+		return ErrStarted
+	}
+	if err := a.cfg.Validate(a.ModuleIDs()); err != nil {
+		return err
+	}
+	enabled := a.all
+	if len(a.cfg.Modules.Enabled) > 0 {
+		enabled = nil
+		for _, m := range a.all {
+			if slices.Contains(a.cfg.Modules.Enabled, m.ID()) {
+				enabled = append(enabled, m)
+			}
+		}
+	}
+	mods, err := order(enabled)
+	if err != nil {
+		return err
+	}
+
+	var undo []func(context.Context) error
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](context.WithoutCancel(ctx)); uerr != nil {
+				a.log.Error().Err(uerr).Msg("rollback after failed start")
+			}
+		}
+	}()
+
+	if a.cfg.Cluster.AMQPURL != "" {
+		a.log.Warn().Str("key", "cluster.amqp_url").
+			Msg("this build has no RabbitMQ transport yet; running as a single node")
+	}
+
+	dbPath := filepath.Join(a.cfg.Node.DataDir, "colony.db")
+	a.db, err = store.Open(dbPath, store.Options{
+		Durability:    store.Durability(a.cfg.Store.Durability),
+		BatchInterval: time.Duration(a.cfg.Store.BatchInterval),
+		Logger:        a.log.With().Str("component", "store").Logger(),
+	})
+	if err != nil {
+		return fmt.Errorf("open store (node.data_dir %q): %w", a.cfg.Node.DataDir, err)
+	}
+	undo = append(undo, func(context.Context) error { return a.db.Close() })
+
+	a.reg = rpc.NewRegistry()
+	limits := map[string]rpc.Limits{}
+	for id, o := range a.cfg.RPC.Modules {
+		limits[id] = rpc.Limits{Workers: o.Workers, Queue: o.Queue}
+	}
+	a.local = rpc.NewLocal(a.reg, rpc.LocalOptions{
+		Default: rpc.Limits{Workers: a.cfg.RPC.Workers, Queue: a.cfg.RPC.Queue},
+		Modules: limits,
+		Node:    a.cfg.Node.ID,
+	})
+	a.client = rpc.NewClient(rpc.ClientOptions{Local: a.local, DefaultTimeout: time.Duration(a.cfg.Limits.RPCTimeout)})
+
+	a.srv, err = server.New(a.serverOptions())
+	if err != nil {
+		return fmt.Errorf("configure server: %w", err)
+	}
+
+	for _, m := range mods {
+		host := &Host{
+			Node: a.cfg.Node.ID, Module: m.ID(),
+			Log:      a.log.With().Str("module", m.ID()).Logger(),
+			Registry: a.reg, RPC: a.client, Server: a.srv, Store: a.db,
+		}
+		if err := m.Init(ctx, host); err != nil {
+			return fmt.Errorf("init module %s: %w", m.ID(), err)
+		}
+	}
+	if err := a.local.Start(); err != nil {
+		return fmt.Errorf("start module rpc: %w", err)
+	}
+	undo = append(undo, a.local.Stop)
+
+	if err := a.srv.Start(); err != nil {
+		return a.listenError(err)
+	}
+	undo = append(undo, a.srv.Shutdown)
+
+	for _, m := range mods {
+		if err := m.Start(ctx); err != nil {
+			return fmt.Errorf("start module %s: %w", m.ID(), err)
+		}
+		a.running = append(a.running, m)
+		undo = append(undo, m.Stop)
+	}
+
+	if a.cfg.Listeners.HTTP != Off {
+		a.ops, err = startOps(a, a.cfg.Listeners.HTTP)
+		if err != nil {
+			return a.listenError(err)
+		}
+	}
+	a.started = true
+	a.startAt = time.Now()
+	ids := make([]string, len(mods))
+	for i, m := range mods {
+		ids[i] = m.ID()
+	}
+	a.log.Info().Str("node", a.cfg.Node.ID).Strs("modules", ids).Str("data", dbPath).
+		Str("mqtt", a.Addr("mqtt")).Str("ws", a.Addr("ws")).Str("tls", a.Addr("tls")).Str("http", a.Addr("http")).
+		Msg("colony started")
+	return nil
+}
+
+// listenError turns a bind failure into one line naming the config key to change.
+func (a *App) listenError(err error) error {
+	var le *server.ListenError
+	if !errors.As(err, &le) {
+		return err
+	}
+	for _, o := range Overrides {
+		if o.Key == "listeners."+le.Listener {
+			return fmt.Errorf("%w (change %s in the config file, or use --%s / %s)", err, o.Key, o.Flag, o.Env)
+		}
+	}
+	return err
+}
+
+func (a *App) serverOptions() server.Options {
+	c := a.cfg
+	return server.Options{
+		Node:      c.Node.ID,
+		Listeners: server.Listeners{MQTT: c.Listeners.MQTT, TLS: c.Listeners.TLS, WS: c.Listeners.WS},
+		TLS:       server.TLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, ClientCAFile: c.TLS.ClientCAFile},
+		Auth:      server.Auth{AllowAnonymous: c.Auth.AllowAnonymous, PasswordFile: c.Auth.PasswordFile, ACLFile: c.Auth.ACLFile},
+		Limits: server.Limits{
+			MaxPacketSize:    c.Limits.MaxPacketSize,
+			MaxConnections:   c.Limits.MaxConnections,
+			ConnectTimeout:   time.Duration(c.Limits.ConnectTimeout),
+			MaxInflight:      c.Limits.MaxInflight,
+			ReceiveMaximum:   c.Limits.ReceiveMaximum,
+			ClientWriteQueue: c.Limits.ClientWriteQueue,
+			MaxSessionExpiry: uint32(time.Duration(c.Limits.MaxSessionExpiry) / time.Second),
+			RPCTimeout:       time.Duration(c.Limits.RPCTimeout),
+			RPCConcurrency:   c.Limits.RPCConcurrency,
+		},
+		SingleLogin: c.Sessions.SingleLogin,
+		MQANTTopics: c.Gateway.MQANTTopics,
+		RPC:         a.client,
+		Serves:      a.reg.HasModule,
+		Hooks:       []mqtt.Hook{a.db.MQTTHook()},
+		Logger:      a.log,
+	}
+}
+
+// Stop shuts the node down gracefully: the ops endpoint reports unhealthy,
+// client requests already executing finish and answer, clients are
+// disconnected, queued module calls finish, modules stop in reverse order and
+// the store is flushed and closed. ctx bounds the whole sequence.
+func (a *App) Stop(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.started || a.stopped {
+		return nil
+	}
+	a.stopped = true
+	close(a.stopping)
+	var errs []error
+	if err := a.srv.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stop server: %w", err))
+	}
+	if err := a.local.Stop(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("stop module rpc: %w", err))
+	}
+	for i := len(a.running) - 1; i >= 0; i-- {
+		m := a.running[i]
+		if err := m.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop module %s: %w", m.ID(), err))
+		}
+	}
+	if a.ops != nil {
+		if err := a.ops.close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop http: %w", err))
+		}
+	}
+	if err := a.db.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	a.log.Info().Msg("colony stopped")
+	return errors.Join(errs...)
+}
+
+// Run starts the App, blocks until ctx is done (e.g. on SIGINT/SIGTERM), then
+// stops it, allowing grace for the shutdown.
+func (a *App) Run(ctx context.Context, grace time.Duration) error {
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	a.log.Info().Dur("grace", grace).Msg("shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancel()
+	return a.Stop(sctx)
+}
+
+// Addr returns the bound address of a listener ("mqtt", "tls", "ws", "http"), "" when off.
+func (a *App) Addr(name string) string {
+	if name == "http" {
+		if a.ops == nil {
+			return ""
+		}
+		return a.ops.ln.Addr().String()
+	}
+	if a.srv == nil {
+		return ""
+	}
+	return a.srv.Addr(name)
+}
+
+// Server returns the MQTT gateway (nil before Start).
+func (a *App) Server() *server.Server { return a.srv }
+
+// RPC returns the module RPC client (nil before Start).
+func (a *App) RPC() *rpc.Client { return a.client }
+
+// Store returns the store (nil before Start).
+func (a *App) Store() *store.DB { return a.db }
+
+// opsServer serves /healthz and /metrics.
+type opsServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+func (o *opsServer) close(ctx context.Context) error { return o.srv.Shutdown(ctx) }

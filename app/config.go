@@ -1,0 +1,306 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/colonymq/colony/store"
+)
+
+// ErrConfig reports a configuration that cannot be used. Errors wrapping it
+// name the key (and, for files, the line) at fault.
+var ErrConfig = errors.New("bad config")
+
+// Config is Colony's whole configuration as read from colony.toml. Every
+// field documents its default; a zero value means "use the default".
+type Config struct {
+	Node      NodeConfig      `toml:"node"`
+	Listeners ListenersConfig `toml:"listeners"`
+	TLS       TLSConfig       `toml:"tls"`
+	Auth      AuthConfig      `toml:"auth"`
+	Limits    LimitsConfig    `toml:"limits"`
+	Sessions  SessionsConfig  `toml:"sessions"`
+	Gateway   GatewayConfig   `toml:"gateway"`
+	Store     StoreConfig     `toml:"store"`
+	RPC       RPCConfig       `toml:"rpc"`
+	Cluster   ClusterConfig   `toml:"cluster"`
+	Modules   ModulesConfig   `toml:"modules"`
+	Log       LogConfig       `toml:"log"`
+}
+
+// NodeConfig names this process and where it keeps its data.
+type NodeConfig struct {
+	ID      string `toml:"id"`       // node id; default: the host name
+	DataDir string `toml:"data_dir"` // directory of colony.db; default "./data"
+}
+
+// ListenersConfig holds listener addresses; "off" disables one, port 0 picks a free port.
+type ListenersConfig struct {
+	MQTT string `toml:"mqtt"` // MQTT over TCP; default "127.0.0.1:1883"
+	TLS  string `toml:"tls"`  // MQTT over TLS; default "off"
+	WS   string `toml:"ws"`   // MQTT over WebSocket; default "127.0.0.1:8083"
+	HTTP string `toml:"http"` // /healthz and /metrics; default "127.0.0.1:8080"
+}
+
+// TLSConfig holds the TLS listener's certificate.
+type TLSConfig struct {
+	CertFile     string `toml:"cert_file"`      // PEM certificate chain; required when listeners.tls is on
+	KeyFile      string `toml:"key_file"`       // PEM private key; required when listeners.tls is on
+	ClientCAFile string `toml:"client_ca_file"` // verify client certificates against this CA; default none
+}
+
+// AuthConfig controls who may connect and what they may touch.
+type AuthConfig struct {
+	// AllowAnonymous admits clients without credentials. Default (unset):
+	// only on listeners bound to loopback, as Mosquitto 2 does.
+	AllowAnonymous *bool  `toml:"allow_anonymous"`
+	PasswordFile   string `toml:"password_file"` // users and bcrypt hashes, written by `colony passwd`; default none
+	ACLFile        string `toml:"acl_file"`      // Mosquitto-syntax ACL; default none (all topics allowed)
+}
+
+// LimitsConfig bounds resource use; see server.DefaultLimits for the defaults.
+type LimitsConfig struct {
+	MaxPacketSize    uint32   `toml:"max_packet_size"`    // bytes; default 1048576
+	MaxConnections   int64    `toml:"max_connections"`    // default 100000
+	ConnectTimeout   Duration `toml:"connect_timeout"`    // TCP accept to CONNECT; default "10s"
+	MaxInflight      uint16   `toml:"max_inflight"`       // QoS 1/2 messages held per client; default 8192
+	ReceiveMaximum   uint16   `toml:"receive_maximum"`    // unacknowledged inbound QoS 1/2 per client; default 1024
+	ClientWriteQueue int32    `toml:"client_write_queue"` // outbound packets queued per client; default 1024
+	MaxSessionExpiry Duration `toml:"max_session_expiry"` // how long a disconnected persistent session is kept; default "168h"
+	RPCTimeout       Duration `toml:"rpc_timeout"`        // deadline of a client request to a module; default "10s"
+	RPCConcurrency   int      `toml:"rpc_concurrency"`    // client requests executing at once; default 1024
+}
+
+// SessionsConfig controls the user/session layer.
+type SessionsConfig struct {
+	SingleLogin bool `toml:"single_login"` // a user's new connection disconnects the older ones; default false
+}
+
+// GatewayConfig controls client request/response over MQTT.
+type GatewayConfig struct {
+	MQANTTopics bool `toml:"mqant_topics"` // also accept mqant's "<module>/<handler>/<msgid>"; default false
+}
+
+// StoreConfig controls the bbolt store.
+type StoreConfig struct {
+	Durability    string   `toml:"durability"`     // "sync", "batch" or "none"; default "batch"
+	BatchInterval Duration `toml:"batch_interval"` // how long a batch collects writes; default "5ms"
+}
+
+// RPCConfig sizes the in-process module inboxes.
+type RPCConfig struct {
+	Workers int                    `toml:"workers"` // handler goroutines per module; default 2×CPUs
+	Queue   int                    `toml:"queue"`   // inbox capacity per module; default 1024
+	Modules map[string]RPCOverride `toml:"modules"` // per-module overrides, keyed by module id
+}
+
+// RPCOverride sizes one module's inbox.
+type RPCOverride struct {
+	Workers int `toml:"workers"` // default: rpc.workers
+	Queue   int `toml:"queue"`   // default: rpc.queue
+}
+
+// ClusterConfig links nodes through RabbitMQ.
+type ClusterConfig struct {
+	AMQPURL string `toml:"amqp_url"` // e.g. "amqp://guest:guest@127.0.0.1:5672/"; default "" (single node)
+}
+
+// ModulesConfig selects the modules this process runs.
+type ModulesConfig struct {
+	Enabled []string `toml:"enabled"` // module ids; default: every module the binary registers
+}
+
+// LogConfig controls logging.
+type LogConfig struct {
+	Level  string `toml:"level"`  // "debug", "info", "warn", "error"; default "info"
+	Format string `toml:"format"` // "json", "console" or "auto" (console on a terminal); default "auto"
+}
+
+// Duration is a time.Duration written as a string ("250ms", "10s") in TOML.
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("want a duration like \"10s\": %w", err)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %s is negative", v)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Default listener addresses.
+const (
+	DefaultMQTTAddr = "127.0.0.1:1883"
+	DefaultWSAddr   = "127.0.0.1:8083"
+	DefaultHTTPAddr = "127.0.0.1:8080"
+	Off             = "off"
+)
+
+// DecodeConfig strictly decodes TOML into cfg: an unknown key is an error
+// naming the key and its line. name labels errors (usually the file path).
+func DecodeConfig(name string, data []byte, cfg any) error {
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(cfg)
+	if err == nil {
+		return nil
+	}
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) && len(strict.Errors) > 0 {
+		msgs := make([]string, 0, len(strict.Errors))
+		for _, e := range strict.Errors {
+			row, _ := e.Position()
+			msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %q", name, row, strings.Join(e.Key(), ".")))
+		}
+		return fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, _ := de.Position()
+		key := strings.Join(de.Key(), ".")
+		if key != "" {
+			return fmt.Errorf("%s:%d: key %q: %s: %w", name, row, key, de.Error(), ErrConfig)
+		}
+		return fmt.Errorf("%s:%d: %s: %w", name, row, de.Error(), ErrConfig)
+	}
+	return fmt.Errorf("%s: %w: %w", name, err, ErrConfig)
+}
+
+// LoadConfig reads a TOML file strictly into cfg.
+func LoadConfig(path string, cfg any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	return DecodeConfig(path, b, cfg)
+}
+
+// Override is one command-line or environment override of a config key.
+type Override struct {
+	Flag string // e.g. "mqtt"
+	Env  string // e.g. "COLONY_MQTT"
+	Key  string // config key it sets, e.g. "listeners.mqtt"
+	Set  func(c *Config, v string)
+}
+
+// Overrides lists the keys settable by flag and environment variable.
+var Overrides = []Override{
+	{"mqtt", "COLONY_MQTT", "listeners.mqtt", func(c *Config, v string) { c.Listeners.MQTT = v }},
+	{"tls", "COLONY_TLS", "listeners.tls", func(c *Config, v string) { c.Listeners.TLS = v }},
+	{"ws", "COLONY_WS", "listeners.ws", func(c *Config, v string) { c.Listeners.WS = v }},
+	{"http", "COLONY_HTTP", "listeners.http", func(c *Config, v string) { c.Listeners.HTTP = v }},
+	{"data", "COLONY_DATA", "node.data_dir", func(c *Config, v string) { c.Node.DataDir = v }},
+	{"node", "COLONY_NODE", "node.id", func(c *Config, v string) { c.Node.ID = v }},
+	{"amqp", "COLONY_AMQP", "cluster.amqp_url", func(c *Config, v string) { c.Cluster.AMQPURL = v }},
+}
+
+// ApplyEnv applies COLONY_* environment overrides; lookup is usually os.LookupEnv.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
+	for _, o := range Overrides {
+		if v, ok := lookup(o.Env); ok && v != "" {
+			o.Set(c, v)
+		}
+	}
+}
+
+// SetDefaults fills every unset field with its default.
+func (c *Config) SetDefaults() {
+	if c.Node.ID == "" {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			c.Node.ID = h
+		} else {
+			c.Node.ID = "colony"
+		}
+	}
+	if c.Node.DataDir == "" {
+		c.Node.DataDir = "./data"
+	}
+	if c.Listeners.MQTT == "" {
+		c.Listeners.MQTT = DefaultMQTTAddr
+	}
+	if c.Listeners.TLS == "" {
+		c.Listeners.TLS = Off
+	}
+	if c.Listeners.WS == "" {
+		c.Listeners.WS = DefaultWSAddr
+	}
+	if c.Listeners.HTTP == "" {
+		c.Listeners.HTTP = DefaultHTTPAddr
+	}
+	if c.Store.Durability == "" {
+		c.Store.Durability = string(store.DurabilityBatch)
+	}
+	if c.Store.BatchInterval == 0 {
+		c.Store.BatchInterval = Duration(5 * time.Millisecond)
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "auto"
+	}
+}
+
+// Validate checks a defaulted config; known lists the module ids the binary offers.
+func (c *Config) Validate(known []string) error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s: %w", key, fmt.Sprintf(format, args...), ErrConfig))
+	}
+	for key, addr := range map[string]string{
+		"listeners.mqtt": c.Listeners.MQTT, "listeners.tls": c.Listeners.TLS,
+		"listeners.ws": c.Listeners.WS, "listeners.http": c.Listeners.HTTP,
+	} {
+		if addr == Off {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			bad(key, "%q is not host:port or \"off\"", addr)
+		}
+	}
+	switch store.Durability(c.Store.Durability) {
+	case store.DurabilitySync, store.DurabilityBatch, store.DurabilityNone:
+	default:
+		bad("store.durability", "%q is not sync, batch or none", c.Store.Durability)
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	if !slices.Contains([]string{"auto", "json", "console"}, c.Log.Format) {
+		bad("log.format", "%q is not auto, json or console", c.Log.Format)
+	}
+	if c.Limits.RPCConcurrency < 0 || c.RPC.Workers < 0 || c.RPC.Queue < 0 || c.Limits.MaxConnections < 0 {
+		bad("limits", "counts must not be negative")
+	}
+	seen := map[string]bool{}
+	for _, m := range c.Modules.Enabled {
+		if !slices.Contains(known, m) {
+			bad("modules.enabled", "unknown module %q (this binary has %s)", m, strings.Join(known, ", "))
+		}
+		if seen[m] {
+			bad("modules.enabled", "module %q listed twice", m)
+		}
+		seen[m] = true
+	}
+	for m := range c.RPC.Modules {
+		if !slices.Contains(known, m) {
+			bad("rpc.modules", "unknown module %q", m)
+		}
+	}
+	return errors.Join(errs...)
+}

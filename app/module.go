@@ -1,0 +1,116 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/rs/zerolog"
+
+	"github.com/colonymq/colony/rpc"
+	"github.com/colonymq/colony/server"
+	"github.com/colonymq/colony/store"
+)
+
+// Module is a feature running inside Colony (chat, devices, games, or the
+// user's own). The App calls, in order and each from one goroutine:
+//
+//  1. ID, at Use, to name the module (config, logs, RPC);
+//  2. Init, once, in dependency order, before any listener is bound: register
+//     RPC handlers, open buckets, subscribe to topics. A module must not call
+//     other modules here;
+//  3. Start, once, in dependency order, after the listeners are up: start
+//     background work; calls to other modules are fine now;
+//  4. Stop, once, in reverse order, if Start succeeded: end background work
+//     before returning or when ctx ends.
+//
+// RPC handlers run concurrently on the module's worker pool.
+type Module interface {
+	ID() string
+	Init(ctx context.Context, host *Host) error
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+}
+
+// Dependent is implemented by modules that must start after others.
+type Dependent interface {
+	// Requires returns the ids of modules this one calls during Start.
+	Requires() []string
+}
+
+// Host is what a module gets to work with. Fields are set before Init and
+// stay valid until the module's Stop returns.
+type Host struct {
+	Node     string         // this node's id
+	Log      zerolog.Logger // tagged with the module id
+	Registry *rpc.Registry  // register handlers with rpc.Handle(h.Registry, h.Module, …)
+	RPC      *rpc.Client    // call other modules with rpc.Call
+	Server   server.API     // publish, subscribe, push, users and sessions
+	Store    *store.DB      // open buckets with store.NewBucket
+	Module   string         // the module's own id
+}
+
+// Base is an embeddable no-op lifecycle for modules that need only some steps.
+type Base struct{}
+
+// Init does nothing.
+func (Base) Init(context.Context, *Host) error { return nil }
+
+// Start does nothing.
+func (Base) Start(context.Context) error { return nil }
+
+// Stop does nothing.
+func (Base) Stop(context.Context) error { return nil }
+
+// order sorts modules so that each comes after those it requires; it fails
+// on a missing dependency or a cycle.
+func order(mods []Module) ([]Module, error) {
+	byID := map[string]Module{}
+	for _, m := range mods {
+		byID[m.ID()] = m
+	}
+	ids := make([]string, 0, len(mods))
+	for _, m := range mods {
+		ids = append(ids, m.ID())
+	}
+	sort.Strings(ids) // deterministic order among independent modules
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := map[string]int{}
+	var out []Module
+	var visit func(id string, path []string) error
+	visit = func(id string, path []string) error {
+		switch state[id] {
+		case done:
+			return nil
+		case visiting:
+			return fmt.Errorf("module dependency cycle: %v: %w", append(path, id), ErrConfig)
+		}
+		state[id] = visiting
+		m := byID[id]
+		if d, ok := m.(Dependent); ok {
+			reqs := append([]string(nil), d.Requires()...)
+			sort.Strings(reqs)
+			for _, r := range reqs {
+				if _, ok := byID[r]; !ok {
+					return fmt.Errorf("module %q requires module %q, which is not enabled: %w", id, r, ErrConfig)
+				}
+				if err := visit(r, append(path, id)); err != nil {
+					return err
+				}
+			}
+		}
+		state[id] = done
+		out = append(out, m)
+		return nil
+	}
+	for _, id := range ids {
+		if err := visit(id, nil); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

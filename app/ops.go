@@ -1,0 +1,92 @@
+package app
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/colonymq/colony/server"
+)
+
+// startOps binds the operations endpoint: /healthz and /metrics.
+func startOps(a *App, addr string) (*opsServer, error) {
+	ln, err := server.Listen("http", addr)
+	if err != nil {
+		return nil, err
+	}
+	set := newMetrics(a)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		status, code := "ok", http.StatusOK
+		select {
+		case <-a.stopping:
+			status, code = "stopping", http.StatusServiceUnavailable
+		default:
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		ids := make([]string, len(a.running))
+		for i, m := range a.running {
+			ids[i] = m.ID()
+		}
+		if err := json.NewEncoder(w).Encode(map[string]any{
+			"status": status, "node": a.cfg.Node.ID, "version": Version,
+			"uptime_seconds": int64(time.Since(a.startAt).Seconds()), "modules": ids,
+		}); err != nil {
+			a.log.Debug().Err(err).Msg("write healthz")
+		}
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		set.WritePrometheus(w)
+		metrics.WriteProcessMetrics(w)
+	})
+	o := &opsServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
+	go func() {
+		if err := o.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error().Err(err).Msg("ops http server stopped")
+		}
+	}()
+	a.log.Info().Str("listener", "http").Str("addr", ln.Addr().String()).Msg("listening")
+	return o, nil
+}
+
+// newMetrics exposes the node's counters. Values are read at scrape time from
+// the counters the components keep anyway, so metrics cost nothing per message.
+func newMetrics(a *App) *metrics.Set {
+	s := metrics.NewSet()
+	gauge := func(name string, f func() float64) { s.NewGauge(name, f) }
+	srv := func() server.Stats { return a.srv.Stats() }
+	gauge("colony_mqtt_clients_connected", func() float64 { return float64(srv().Info.ClientsConnected) })
+	gauge("colony_mqtt_sessions", func() float64 { return float64(srv().Info.ClientsTotal) })
+	gauge("colony_mqtt_subscriptions", func() float64 { return float64(srv().Info.Subscriptions) })
+	gauge("colony_mqtt_retained_messages", func() float64 { return float64(srv().Info.Retained) })
+	gauge("colony_mqtt_inflight_messages", func() float64 { return float64(srv().Info.Inflight) })
+	gauge("colony_mqtt_messages_received_total", func() float64 { return float64(srv().Info.MessagesReceived) })
+	gauge("colony_mqtt_messages_sent_total", func() float64 { return float64(srv().Info.MessagesSent) })
+	gauge(`colony_mqtt_messages_dropped_total{reason="client_queue_full"}`, func() float64 { return float64(srv().Info.MessagesDropped) })
+	gauge(`colony_mqtt_messages_dropped_total{reason="inflight_limit"}`, func() float64 { return float64(srv().Info.InflightDropped) })
+	gauge("colony_mqtt_bytes_received_total", func() float64 { return float64(srv().Info.BytesReceived) })
+	gauge("colony_mqtt_bytes_sent_total", func() float64 { return float64(srv().Info.BytesSent) })
+	gauge("colony_mqtt_connection_panics_total", func() float64 { return float64(srv().Panics) })
+	gauge("colony_mqtt_acl_denied_total", func() float64 { return float64(srv().ACLDenied) })
+	gauge("colony_users_bound", func() float64 { return float64(srv().UsersBound) })
+	gauge("colony_gateway_requests_total", func() float64 { return float64(srv().RPCRequests) })
+	gauge("colony_gateway_request_errors_total", func() float64 { return float64(srv().RPCErrors) })
+	gauge("colony_gateway_requests_inflight", func() float64 { return float64(srv().RPCInFlight) })
+	gauge("colony_gateway_replies_dropped_total", func() float64 { return float64(srv().RepliesDropped) })
+	gauge(`colony_rpc_calls_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Calls) })
+	gauge(`colony_rpc_notifies_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Notifies) })
+	gauge(`colony_rpc_errors_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Errors) })
+	gauge(`colony_rpc_panics_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Panics) })
+	gauge(`colony_rpc_rejected_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Rejected) })
+	gauge("colony_store_commits_total", func() float64 { return float64(a.db.Stats().Commits) })
+	gauge("colony_store_ops_total", func() float64 { return float64(a.db.Stats().Ops) })
+	gauge("colony_store_pending_ops", func() float64 { return float64(a.db.Stats().Pending) })
+	gauge("colony_store_last_commit_seconds", func() float64 { return a.db.Stats().LastCommit.Seconds() })
+	gauge("colony_store_max_commit_seconds", func() float64 { return a.db.Stats().MaxCommit.Seconds() })
+	return s
+}

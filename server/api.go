@@ -1,0 +1,32 @@
+package server
+
+// API is the part of the gateway that modules use. *Server implements it;
+// modules accept the interface so they can be tested without a network.
+type API interface {
+	// Publish sends a message to the topic's subscribers as the server (no ACL).
+	Publish(topic string, payload []byte, retain bool, qos byte) error
+	// Subscribe delivers matching publishes to fn on the publisher's goroutine.
+	Subscribe(filter string, fn func(Message)) (cancel func(), err error)
+	// BindUser binds a connected client to a user id.
+	BindUser(clientID, userID string) error
+	// UserOf returns the user id bound to a connected client.
+	UserOf(clientID string) (string, bool)
+	// ClientsOf returns a user's connected client ids.
+	ClientsOf(userID string) []string
+	// SetValue stores a per-session value.
+	SetValue(clientID, key string, v any) error
+	// Value reads a per-session value.
+	Value(clientID, key string) (any, bool)
+	// PushClient sends a message to one client alone.
+	PushClient(clientID, topic string, payload []byte, qos byte) error
+	// PushUser sends a message to all of a user's connections.
+	PushUser(userID, topic string, payload []byte, qos byte) (int, error)
+	// KickClient disconnects one client.
+	KickClient(clientID, reason string) error
+	// KickUser disconnects all of a user's connections.
+	KickUser(userID, reason string) int
+	// Watch observes connection events until cancel is called.
+	Watch(fn func(Event)) (cancel func())
+}
+
+var _ API = (*Server)(nil)

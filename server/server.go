@@ -1,0 +1,418 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
+	"github.com/rs/zerolog"
+
+	"github.com/colonymq/colony/rpc"
+)
+
+// ErrNotStarted is returned by calls that need a running server.
+var ErrNotStarted = errors.New("server not started")
+
+// ErrInvalidOptions reports options that cannot work together.
+var ErrInvalidOptions = errors.New("invalid server options")
+
+// Listener names, as used by Options.Listeners, Addr and log lines.
+const (
+	ListenerMQTT = "mqtt"
+	ListenerTLS  = "tls"
+	ListenerWS   = "ws"
+)
+
+// Off disables a listener when used as its address.
+const Off = "off"
+
+// Listeners holds the address of each client-facing listener ("off" or "" disables it).
+type Listeners struct {
+	MQTT string // MQTT over TCP
+	TLS  string // MQTT over TLS; needs TLS.CertFile and TLS.KeyFile
+	WS   string // MQTT over WebSocket
+}
+
+// TLS holds the certificate for the TLS listener.
+type TLS struct {
+	CertFile string
+	KeyFile  string
+	// ClientCAFile, when set, requests client certificates signed by this CA.
+	ClientCAFile string
+}
+
+// Auth configures authentication and access control.
+type Auth struct {
+	// AllowAnonymous lets clients connect without credentials. nil means:
+	// only on listeners bound to a loopback address (Mosquitto 2's rule).
+	AllowAnonymous *bool
+	PasswordFile   string // "user:bcrypt-hash" lines; empty: no users
+	ACLFile        string // Mosquitto acl_file syntax; empty: all topics allowed
+}
+
+// Limits bounds what one client or the whole server may use.
+type Limits struct {
+	MaxPacketSize     uint32        // bytes; larger packets close the connection (0x95)
+	MaxConnections    int64         // concurrent clients; more are refused (0x89 / 3)
+	ConnectTimeout    time.Duration // time from TCP accept to CONNECT
+	MaxInflight       uint16        // QoS 1/2 messages held per client
+	ReceiveMaximum    uint16        // unacknowledged inbound QoS 1/2 per client
+	ClientWriteQueue  int32         // outbound packets queued per client
+	MaxSessionExpiry  uint32        // seconds a disconnected persistent session is kept
+	RPCTimeout        time.Duration // deadline of a client request to a module
+	RPCConcurrency    int           // client requests executing at once, server-wide
+	MaxTopicAliasSize uint16        // topic aliases per client (MQTT 5)
+}
+
+// Options configures a Server. Zero values take the defaults named on each field of Limits via DefaultLimits.
+type Options struct {
+	Node      string
+	Listeners Listeners
+	TLS       TLS
+	Auth      Auth
+	Limits    Limits
+	// SingleLogin disconnects a user's older connections when a new one is bound to the same user id.
+	SingleLogin bool
+	// MQANTTopics also accepts mqant-style requests "<module>/<handler>/<msgid>" for served modules.
+	MQANTTopics bool
+	// RPC serves client requests to modules; nil answers every request with unavailable.
+	RPC *rpc.Client
+	// Serves reports whether a module exists, for mqant-style topics; nil: none.
+	Serves func(module string) bool
+	// Hooks are added to the engine after Colony's own (e.g. the store hook).
+	Hooks  []mqtt.Hook
+	Logger zerolog.Logger
+}
+
+// DefaultLimits returns the limits used where Options.Limits leaves zeros.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxPacketSize:     1 << 20,
+		MaxConnections:    100_000,
+		ConnectTimeout:    10 * time.Second,
+		MaxInflight:       8192,
+		ReceiveMaximum:    1024,
+		ClientWriteQueue:  1024,
+		MaxSessionExpiry:  7 * 24 * 3600,
+		RPCTimeout:        10 * time.Second,
+		RPCConcurrency:    1024,
+		MaxTopicAliasSize: 1024,
+	}
+}
+
+func (l *Limits) fill() {
+	d := DefaultLimits()
+	if l.MaxPacketSize == 0 {
+		l.MaxPacketSize = d.MaxPacketSize
+	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = d.MaxConnections
+	}
+	if l.ConnectTimeout == 0 {
+		l.ConnectTimeout = d.ConnectTimeout
+	}
+	if l.MaxInflight == 0 {
+		l.MaxInflight = d.MaxInflight
+	}
+	if l.ReceiveMaximum == 0 {
+		l.ReceiveMaximum = d.ReceiveMaximum
+	}
+	if l.ClientWriteQueue == 0 {
+		l.ClientWriteQueue = d.ClientWriteQueue
+	}
+	if l.MaxSessionExpiry == 0 {
+		l.MaxSessionExpiry = d.MaxSessionExpiry
+	}
+	if l.RPCTimeout == 0 {
+		l.RPCTimeout = d.RPCTimeout
+	}
+	if l.RPCConcurrency == 0 {
+		l.RPCConcurrency = d.RPCConcurrency
+	}
+	if l.MaxTopicAliasSize == 0 {
+		l.MaxTopicAliasSize = d.MaxTopicAliasSize
+	}
+}
+
+// Server is Colony's MQTT gateway: the embedded engine, its listeners,
+// authentication, the user/session layer and client requests to modules.
+type Server struct {
+	opts      Options
+	log       zerolog.Logger
+	mq        *mqtt.Server
+	listeners []*listener
+	sessions  *sessions
+	gateway   *gateway
+	inline    *mqtt.Client
+	subID     atomic.Int64
+	started   atomic.Bool
+	closeOnce sync.Once
+
+	panics atomic.Int64
+	denied atomic.Int64
+}
+
+// New builds a server from opts: it validates them and reads the password and
+// ACL files, but binds nothing until Start.
+func New(opts Options) (*Server, error) {
+	opts.Limits.fill()
+	s := &Server{opts: opts, log: opts.Logger.With().Str("component", "server").Logger()}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = opts.Limits.MaxPacketSize
+	caps.MaximumClients = opts.Limits.MaxConnections
+	caps.MaximumInflight = opts.Limits.MaxInflight
+	caps.ReceiveMaximum = opts.Limits.ReceiveMaximum
+	caps.MaximumClientWritesPending = opts.Limits.ClientWriteQueue
+	caps.MaximumSessionExpiryInterval = opts.Limits.MaxSessionExpiry
+	caps.TopicAliasMaximum = opts.Limits.MaxTopicAliasSize
+	// Strict MQTT 5 clients (paho) reject acks that echo the publisher's user properties.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+
+	s.mq = mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		Logger:                 slog.New(zerolog.NewSlogHandler(opts.Logger.With().Str("component", "engine").Logger())),
+		InlineClient:           true,
+		SysTopicResendInterval: 10,
+	})
+	s.inline, _ = s.mq.Clients.Get(mqtt.InlineClientId)
+
+	ah, err := s.newAuthHook()
+	if err != nil {
+		return nil, err
+	}
+	s.sessions = newSessions(s)
+	s.gateway = newGateway(s)
+	for _, h := range append([]mqtt.Hook{ah, s.sessions, s.gateway}, opts.Hooks...) {
+		if err := s.mq.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
+		}
+	}
+
+	tlsConf, err := loadTLS(opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range []struct{ id, proto, addr string }{
+		{ListenerMQTT, "tcp", opts.Listeners.MQTT},
+		{ListenerTLS, "tls", opts.Listeners.TLS},
+		{ListenerWS, "ws", opts.Listeners.WS},
+	} {
+		if l.addr == "" || l.addr == Off {
+			continue
+		}
+		var tc *tls.Config
+		if l.proto == "tls" {
+			tc = tlsConf
+		}
+		s.listeners = append(s.listeners, newListener(l.id, l.proto, l.addr, tc, opts.Limits.ConnectTimeout, opts.Logger,
+			func() { s.panics.Add(1) }))
+	}
+	return s, nil
+}
+
+func (s *Server) newAuthHook() (*authHook, error) {
+	a := s.opts.Auth
+	h := &authHook{onDenied: func() { s.denied.Add(1) }}
+	if a.PasswordFile != "" {
+		p, err := LoadPasswords(a.PasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		h.passwords = p
+	}
+	if a.ACLFile != "" {
+		acl, err := LoadACL(a.ACLFile)
+		if err != nil {
+			return nil, err
+		}
+		h.acl = acl
+	}
+	loopback := map[string]bool{
+		ListenerMQTT: isLoopback(s.opts.Listeners.MQTT),
+		ListenerTLS:  isLoopback(s.opts.Listeners.TLS),
+		ListenerWS:   isLoopback(s.opts.Listeners.WS),
+	}
+	h.anonymous = func(listener string) bool {
+		if a.AllowAnonymous != nil {
+			return *a.AllowAnonymous
+		}
+		return loopback[listener]
+	}
+	if a.AllowAnonymous == nil && h.passwords == nil {
+		for id, addr := range map[string]string{ListenerMQTT: s.opts.Listeners.MQTT, ListenerTLS: s.opts.Listeners.TLS, ListenerWS: s.opts.Listeners.WS} {
+			if addr != "" && addr != Off && !loopback[id] {
+				return nil, fmt.Errorf("listener %s on %s is not loopback, so clients must authenticate, but no password file is set "+
+					"(set auth.password_file, or auth.allow_anonymous = true): %w", id, addr, ErrInvalidOptions)
+			}
+		}
+	}
+	return h, nil
+}
+
+// isLoopback reports whether addr binds only loopback interfaces.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func loadTLS(opts Options) (*tls.Config, error) {
+	if opts.Listeners.TLS == "" || opts.Listeners.TLS == Off {
+		return nil, nil
+	}
+	if opts.TLS.CertFile == "" || opts.TLS.KeyFile == "" {
+		return nil, fmt.Errorf("tls listener needs tls.cert_file and tls.key_file: %w", ErrInvalidOptions)
+	}
+	cert, err := tls.LoadX509KeyPair(opts.TLS.CertFile, opts.TLS.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load tls certificate: %w", err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if opts.TLS.ClientCAFile != "" {
+		pool, err := loadCertPool(opts.TLS.ClientCAFile)
+		if err != nil {
+			return nil, err
+		}
+		conf.ClientCAs = pool
+		conf.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return conf, nil
+}
+
+// Start binds every listener, restores stored sessions and begins serving.
+// If any listener cannot bind, those already bound are closed again.
+func (s *Server) Start() error {
+	for i, l := range s.listeners {
+		if err := s.mq.AddListener(l); err != nil {
+			for _, done := range s.listeners[:i] {
+				done.Close(func(string) {})
+			}
+			return err
+		}
+		s.log.Info().Str("listener", l.id).Str("addr", l.Address()).Msg("listening")
+	}
+	if err := s.mq.Serve(); err != nil {
+		s.closeListeners()
+		return fmt.Errorf("start engine: %w", err)
+	}
+	s.started.Store(true)
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.Close(func(string) {})
+	}
+}
+
+// Shutdown lets executing client requests finish and answer (new ones are
+// refused with unavailable) until ctx ends, then disconnects every client,
+// closes the listeners and stops the engine's hooks, which flushes the store
+// hook. It returns ctx's error if requests had to be cut short.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	s.closeOnce.Do(func() {
+		if !s.started.Load() {
+			s.closeListeners()
+			return
+		}
+		err = s.gateway.drain(ctx)
+		if cerr := s.mq.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close engine: %w", cerr))
+		}
+		for _, l := range s.listeners {
+			l.conns.Wait()
+		}
+	})
+	return err
+}
+
+// Addr returns the bound address of a listener (ListenerMQTT, ListenerTLS,
+// ListenerWS), or "" if it is off.
+func (s *Server) Addr(name string) string {
+	for _, l := range s.listeners {
+		if l.id == name {
+			return l.Address()
+		}
+	}
+	return ""
+}
+
+// Stats is a snapshot of the gateway's counters.
+type Stats struct {
+	Info           system.Info
+	Panics         int64 // connections closed by a recovered panic
+	ACLDenied      int64 // publishes/subscriptions/deliveries refused by the ACL
+	RPCRequests    int64 // client requests to modules
+	RPCErrors      int64 // requests answered with an error
+	RPCInFlight    int64 // requests executing now
+	UsersBound     int64 // connections bound to a user id
+	PushesDropped  int64 // pushes that found no connection
+	RepliesDropped int64 // replies that could not be sent
+}
+
+// Stats returns the current counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Info:      *s.mq.Info.Clone(),
+		Panics:    s.panics.Load(),
+		ACLDenied: s.denied.Load(),
+	}
+	st.RPCRequests, st.RPCErrors, st.RPCInFlight, st.RepliesDropped = s.gateway.stats()
+	st.UsersBound, st.PushesDropped = s.sessions.stats()
+	return st
+}
+
+// Publish sends a message to the topic's subscribers as the server itself,
+// bypassing the ACL (module code is trusted).
+func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	if err := s.mq.Publish(topic, payload, retain, qos); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Message is a publish seen by a module subscription.
+type Message struct {
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Retain   bool
+	ClientID string // publisher's client id; "inline" for the server itself
+}
+
+// Subscribe delivers matching publishes to fn, which runs on the publisher's
+// goroutine and must not block. It returns a function that cancels the subscription.
+func (s *Server) Subscribe(filter string, fn func(Message)) (cancel func(), err error) {
+	id := int(s.subID.Add(1))
+	err = s.mq.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		fn(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, ClientID: pk.Origin})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", filter, err)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			if err := s.mq.Unsubscribe(filter, id); err != nil {
+				s.log.Debug().Err(err).Str("filter", filter).Msg("unsubscribe")
+			}
+		})
+	}, nil
+}

@@ -1,0 +1,362 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// ErrNoClient reports that no connection with that client id is open.
+var ErrNoClient = errors.New("no such connected client")
+
+// EventKind says what happened to a connection.
+type EventKind int
+
+// Connection events delivered to Watch callbacks.
+const (
+	Connected    EventKind = iota + 1 // a client finished CONNECT
+	Disconnected                      // a client's connection ended
+	UserBound                         // a connection was bound to a user id
+)
+
+// String returns the event name.
+func (k EventKind) String() string {
+	switch k {
+	case Connected:
+		return "connected"
+	case Disconnected:
+		return "disconnected"
+	case UserBound:
+		return "user_bound"
+	}
+	return fmt.Sprintf("event(%d)", int(k))
+}
+
+// Event describes a connection change.
+type Event struct {
+	Kind     EventKind
+	ClientID string
+	UserID   string // "" when not bound
+	Username string // from CONNECT
+	Listener string
+	Remote   string
+	Time     time.Time
+}
+
+// conn is Colony's view of one open connection.
+type conn struct {
+	cl     *mqtt.Client
+	user   string
+	values map[string]any
+}
+
+// sessions binds connections to user ids and keeps per-session values. It is
+// a hook so it sees connections come and go in the engine's own order.
+type sessions struct {
+	mqtt.HookBase
+	s        *Server
+	mu       sync.RWMutex
+	conns    map[string]*conn            // client id -> open connection
+	users    map[string]map[string]*conn // user id -> client id -> connection
+	watchers map[int]func(Event)
+	nextW    int
+	bound    atomic.Int64
+	dropped  atomic.Int64
+}
+
+func newSessions(s *Server) *sessions {
+	return &sessions{s: s, conns: map[string]*conn{}, users: map[string]map[string]*conn{}, watchers: map[int]func(Event){}}
+}
+
+var _ mqtt.Hook = (*sessions)(nil)
+
+func (h *sessions) ID() string { return "colony-sessions" }
+
+func (h *sessions) Provides(b byte) bool {
+	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect
+}
+
+func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	c := &conn{cl: cl, values: map[string]any{}}
+	h.mu.Lock()
+	if old, ok := h.conns[cl.ID]; ok {
+		h.unbindLocked(old)
+		if !cl.Properties.Clean { // a resumed session keeps its values
+			c.values = old.values
+		}
+	}
+	h.conns[cl.ID] = c
+	h.mu.Unlock()
+	h.emit(Connected, cl, "")
+	// A username checked against the password file is an identity the
+	// server vouches for, so it becomes the user id until a module rebinds.
+	if user := string(cl.Properties.Username); user != "" && h.s.authenticatesUsers() {
+		if err := h.bind(cl.ID, user); err != nil {
+			h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
+		}
+	}
+}
+
+func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.mu.Lock()
+	c, ok := h.conns[cl.ID]
+	if !ok || c.cl != cl { // already replaced by a newer connection with this id
+		h.mu.Unlock()
+		return
+	}
+	delete(h.conns, cl.ID)
+	user := c.user
+	h.unbindLocked(c)
+	h.mu.Unlock()
+	h.emit(Disconnected, cl, user)
+}
+
+func (h *sessions) unbindLocked(c *conn) {
+	if c.user == "" {
+		return
+	}
+	if m := h.users[c.user]; m != nil && m[c.cl.ID] == c {
+		delete(m, c.cl.ID)
+		h.bound.Add(-1)
+		if len(m) == 0 {
+			delete(h.users, c.user)
+		}
+	}
+	c.user = ""
+}
+
+func (h *sessions) bind(clientID, user string) error {
+	h.mu.Lock()
+	c, ok := h.conns[clientID]
+	if !ok {
+		h.mu.Unlock()
+		return fmt.Errorf("bind %q to user %q: %w", clientID, user, ErrNoClient)
+	}
+	h.unbindLocked(c)
+	var others []*mqtt.Client
+	if h.s.opts.SingleLogin {
+		for _, o := range h.users[user] {
+			others = append(others, o.cl)
+		}
+	}
+	if user != "" {
+		m := h.users[user]
+		if m == nil {
+			m = map[string]*conn{}
+			h.users[user] = m
+		}
+		m[clientID] = c
+		c.user = user
+		h.bound.Add(1)
+	}
+	h.mu.Unlock()
+	for _, o := range others {
+		h.s.kick(o, "logged in on another connection")
+	}
+	if user != "" {
+		h.emit(UserBound, c.cl, user)
+	}
+	return nil
+}
+
+func (h *sessions) emit(kind EventKind, cl *mqtt.Client, user string) {
+	h.mu.RLock()
+	if user == "" {
+		if c, ok := h.conns[cl.ID]; ok && c.cl == cl {
+			user = c.user
+		}
+	}
+	ws := make([]func(Event), 0, len(h.watchers))
+	for _, w := range h.watchers {
+		ws = append(ws, w)
+	}
+	h.mu.RUnlock()
+	if len(ws) == 0 {
+		return
+	}
+	ev := Event{Kind: kind, ClientID: cl.ID, UserID: user, Username: string(cl.Properties.Username),
+		Listener: cl.Net.Listener, Remote: cl.Net.Remote, Time: time.Now()}
+	for _, w := range ws {
+		w(ev)
+	}
+}
+
+func (h *sessions) stats() (bound, dropped int64) { return h.bound.Load(), h.dropped.Load() }
+
+func (s *Server) authenticatesUsers() bool { return s.opts.Auth.PasswordFile != "" }
+
+// Watch calls fn for every connection event until cancel is called. fn runs
+// on the connection's goroutine and must not block.
+func (s *Server) Watch(fn func(Event)) (cancel func()) {
+	h := s.sessions
+	h.mu.Lock()
+	h.nextW++
+	id := h.nextW
+	h.watchers[id] = fn
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		delete(h.watchers, id)
+		h.mu.Unlock()
+	}
+}
+
+// BindUser binds a connected client to a user id ("" unbinds). With
+// SingleLogin, the user's other connections are disconnected.
+func (s *Server) BindUser(clientID, userID string) error { return s.sessions.bind(clientID, userID) }
+
+// UserOf returns the user id bound to a connected client.
+func (s *Server) UserOf(clientID string) (string, bool) {
+	s.sessions.mu.RLock()
+	defer s.sessions.mu.RUnlock()
+	c, ok := s.sessions.conns[clientID]
+	if !ok || c.user == "" {
+		return "", false
+	}
+	return c.user, true
+}
+
+// ClientsOf returns the client ids of a user's open connections, sorted.
+func (s *Server) ClientsOf(userID string) []string {
+	s.sessions.mu.RLock()
+	ids := make([]string, 0, len(s.sessions.users[userID]))
+	for id := range s.sessions.users[userID] {
+		ids = append(ids, id)
+	}
+	s.sessions.mu.RUnlock()
+	sort.Strings(ids)
+	return ids
+}
+
+// SetValue stores a per-session value; a resumed persistent session keeps its values.
+func (s *Server) SetValue(clientID, key string, v any) error {
+	s.sessions.mu.Lock()
+	defer s.sessions.mu.Unlock()
+	c, ok := s.sessions.conns[clientID]
+	if !ok {
+		return fmt.Errorf("set %q on %q: %w", key, clientID, ErrNoClient)
+	}
+	c.values[key] = v
+	return nil
+}
+
+// Value reads a per-session value.
+func (s *Server) Value(clientID, key string) (any, bool) {
+	s.sessions.mu.RLock()
+	defer s.sessions.mu.RUnlock()
+	c, ok := s.sessions.conns[clientID]
+	if !ok {
+		return nil, false
+	}
+	v, ok := c.values[key]
+	return v, ok
+}
+
+// PushClient sends a message to one connected client alone, whatever its
+// subscriptions. QoS above 1 is sent as 1.
+func (s *Server) PushClient(clientID, topic string, payload []byte, qos byte) error {
+	s.sessions.mu.RLock()
+	c, ok := s.sessions.conns[clientID]
+	s.sessions.mu.RUnlock()
+	if !ok {
+		s.sessions.dropped.Add(1)
+		return fmt.Errorf("push to %q: %w", clientID, ErrNoClient)
+	}
+	return s.deliver(c.cl, packets.Packet{TopicName: topic, Payload: payload, FixedHeader: packets.FixedHeader{Qos: qos}})
+}
+
+// PushUser sends a message to every open connection of a user and returns
+// how many connections it was written to.
+func (s *Server) PushUser(userID, topic string, payload []byte, qos byte) (int, error) {
+	s.sessions.mu.RLock()
+	cls := make([]*mqtt.Client, 0, len(s.sessions.users[userID]))
+	for _, c := range s.sessions.users[userID] {
+		cls = append(cls, c.cl)
+	}
+	s.sessions.mu.RUnlock()
+	if len(cls) == 0 {
+		s.sessions.dropped.Add(1)
+		return 0, nil
+	}
+	n := 0
+	var errs []error
+	for _, cl := range cls {
+		err := s.deliver(cl, packets.Packet{TopicName: topic, Payload: payload, FixedHeader: packets.FixedHeader{Qos: qos}})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("push to %q: %w", cl.ID, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// KickClient disconnects a client (MQTT 5: reason 0x98 administrative action, with reason as text).
+func (s *Server) KickClient(clientID, reason string) error {
+	s.sessions.mu.RLock()
+	c, ok := s.sessions.conns[clientID]
+	s.sessions.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("kick %q: %w", clientID, ErrNoClient)
+	}
+	s.kick(c.cl, reason)
+	return nil
+}
+
+// KickUser disconnects every connection of a user and returns how many there were.
+func (s *Server) KickUser(userID, reason string) int {
+	s.sessions.mu.RLock()
+	cls := make([]*mqtt.Client, 0, len(s.sessions.users[userID]))
+	for _, c := range s.sessions.users[userID] {
+		cls = append(cls, c.cl)
+	}
+	s.sessions.mu.RUnlock()
+	for _, cl := range cls {
+		s.kick(cl, reason)
+	}
+	return len(cls)
+}
+
+func (s *Server) kick(cl *mqtt.Client, reason string) {
+	code := packets.ErrAdministrativeAction
+	if reason != "" {
+		code.Reason = reason
+	}
+	s.log.Info().Str("client", cl.ID).Str("reason", code.Reason).Msg("disconnecting client")
+	if err := s.mq.DisconnectClient(cl, code); err != nil && !errors.Is(err, code) {
+		s.log.Debug().Err(err).Str("client", cl.ID).Msg("kick")
+	}
+}
+
+// deliver writes a publish straight to one client, bypassing subscriptions.
+// A QoS 1 message is tracked in the client's in-flight set, so the engine
+// matches its PUBACK and resends it if the client reconnects to its session.
+func (s *Server) deliver(cl *mqtt.Client, pk packets.Packet) error {
+	pk.FixedHeader.Type = packets.Publish
+	pk.FixedHeader.Qos = min(pk.FixedHeader.Qos, 1)
+	pk.Created = time.Now().Unix()
+	if cl.Closed() {
+		return ErrNoClient
+	}
+	if pk.FixedHeader.Qos > 0 {
+		id, err := cl.NextPacketID()
+		if err != nil {
+			return fmt.Errorf("no free packet id: %w", err)
+		}
+		pk.PacketID = uint16(id)
+		if cl.State.Inflight.Set(pk) {
+			atomic.AddInt64(&s.mq.Info.Inflight, 1)
+		}
+		cl.State.Inflight.DecreaseSendQuota()
+	}
+	if err := cl.WritePacket(pk); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	return nil
+}
