@@ -145,6 +145,10 @@ func (a *App) Start(ctx context.Context) (err error) {
 		Default: rpc.Limits{Workers: a.cfg.RPC.Workers, Queue: a.cfg.RPC.Queue},
 		Modules: limits,
 		Node:    a.cfg.Node.ID,
+		OnPanic: func(module string, v any, stack []byte) {
+			a.log.Error().Str("module", module).Str("panic", fmt.Sprint(v)).Str("stack", string(stack)).
+				Msg("recovered panic in module handler; caller got an internal error")
+		},
 	})
 	a.client = rpc.NewClient(rpc.ClientOptions{Local: a.local, DefaultTimeout: time.Duration(a.cfg.Limits.RPCTimeout)})
 

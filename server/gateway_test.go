@@ -257,12 +257,10 @@ func TestKickMQTT5ReasonAndSingleLogin(t *testing.T) {
 	a := apptest.Run(t, cfg, &calc{})
 	first := v5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "first", CleanStart: true})
 	second := v5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "second", CleanStart: true})
-	if err := a.Server().BindUser("first", "carol"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Server().BindUser("second", "carol"); err != nil {
-		t.Fatal(err)
-	}
+	// The session layer learns of a connection just after its CONNACK is
+	// written, so a bind from outside may have to wait a moment.
+	eventually(t, func() error { return a.Server().BindUser("first", "carol") })
+	eventually(t, func() error { return a.Server().BindUser("second", "carol") })
 	d := next(t, first.disconn)
 	if d.ReasonCode != 0x98 || d.Properties == nil || d.Properties.ReasonString == "" {
 		t.Fatalf("single login disconnect: %+v, want 0x98 with a reason", d)

@@ -9,6 +9,9 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/colonymq/colony/app"
+	"github.com/colonymq/colony/app/apptest"
 )
 
 // wait bounds every blocking step of a test; generous because CI machines are shared.
@@ -138,4 +141,24 @@ func ctxWait(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+func newApp(t *testing.T, cfg app.Config) *app.App {
+	return app.New(cfg, apptest.Logger(t))
+}
+
+// eventually retries f until it succeeds or the wait runs out.
+func eventually(t *testing.T, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

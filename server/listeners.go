@@ -55,19 +55,22 @@ func Listen(name, addr string) (net.Listener, error) {
 // and a panic while serving one connection is recovered and logged instead of
 // killing the process.
 type listener struct {
-	id       string
-	proto    string // "tcp", "tls", "ws"
-	address  string
-	tls      *tls.Config
-	timeout  time.Duration // connect timeout
-	log      zerolog.Logger
-	onPanic  func()
-	ln       net.Listener
-	http     *http.Server
-	upgrader websocket.Upgrader
-	conns    sync.WaitGroup
-	closing  chan struct{}
-	once     sync.Once
+	id        string
+	proto     string // "tcp", "tls", "ws"
+	address   string
+	tls       *tls.Config
+	timeout   time.Duration // connect timeout
+	log       zerolog.Logger
+	onPanic   func()
+	ln        net.Listener
+	http      *http.Server
+	establish listeners.EstablishFn // set by Serve before the WebSocket server accepts
+	upgrader  websocket.Upgrader
+	conns     sync.WaitGroup
+	openMu    sync.Mutex
+	open      map[net.Conn]struct{} // sockets being served, CONNECT or not
+	closing   chan struct{}
+	once      sync.Once
 }
 
 var _ listeners.Listener = (*listener)(nil)
@@ -76,6 +79,7 @@ func newListener(id, proto, address string, tlsConf *tls.Config, connectTimeout 
 	return &listener{
 		id: id, proto: proto, address: address, tls: tlsConf, timeout: connectTimeout,
 		log: log.With().Str("listener", id).Logger(), onPanic: onPanic, closing: make(chan struct{}),
+		open: map[net.Conn]struct{}{},
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			// MQTT over WebSocket is authenticated by the MQTT CONNECT, not by cookies,
@@ -109,15 +113,19 @@ func (l *listener) Init(*slog.Logger) error {
 		ln = tls.NewListener(ln, l.tls)
 	}
 	l.ln = ln
+	if l.proto == "ws" {
+		// Built here, not in Serve, because Close (another goroutine) reads it.
+		mux := http.NewServeMux()
+		mux.HandleFunc("/", l.serveWS)
+		l.http = &http.Server{Handler: mux, ReadHeaderTimeout: l.timeout}
+	}
 	return nil
 }
 
 // Serve accepts connections until Close.
 func (l *listener) Serve(establish listeners.EstablishFn) {
-	if l.proto == "ws" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { l.serveWS(w, r, establish) })
-		l.http = &http.Server{Handler: mux, ReadHeaderTimeout: l.timeout, ErrorLog: nil}
+	if l.http != nil {
+		l.establish = establish
 		if err := l.http.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			l.log.Error().Err(err).Msg("websocket listener stopped")
 		}
@@ -150,6 +158,10 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 // handle runs one connection through the engine, bounding the wait for
 // CONNECT and containing any panic to this connection.
 func (l *listener) handle(conn net.Conn, establish listeners.EstablishFn) {
+	if !l.track(conn) {
+		return
+	}
+	defer l.untrack(conn)
 	defer func() {
 		if r := recover(); r != nil {
 			l.log.Error().Str("remote", conn.RemoteAddr().String()).Str("panic", fmt.Sprint(r)).
@@ -174,7 +186,7 @@ func (l *listener) handle(conn net.Conn, establish listeners.EstablishFn) {
 	}
 }
 
-func (l *listener) serveWS(w http.ResponseWriter, r *http.Request, establish listeners.EstablishFn) {
+func (l *listener) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !websocket.IsWebSocketUpgrade(r) {
 		http.Error(w, "this endpoint speaks MQTT over WebSocket", http.StatusBadRequest)
 		return
@@ -185,13 +197,50 @@ func (l *listener) serveWS(w http.ResponseWriter, r *http.Request, establish lis
 	}
 	l.conns.Add(1)
 	defer l.conns.Done()
-	l.handle(&wsConn{Conn: c.NetConn(), c: c}, establish)
+	l.handle(&wsConn{Conn: c.NetConn(), c: c}, l.establish)
 }
 
-// Close stops accepting, then lets the engine disconnect this listener's clients.
+// track registers a socket being served; false once the listener is closing.
+func (l *listener) track(c net.Conn) bool {
+	l.openMu.Lock()
+	defer l.openMu.Unlock()
+	select {
+	case <-l.closing:
+		if err := c.Close(); err != nil {
+			l.log.Debug().Err(err).Msg("close connection")
+		}
+		return false
+	default:
+	}
+	l.open[c] = struct{}{}
+	return true
+}
+
+func (l *listener) untrack(c net.Conn) {
+	l.openMu.Lock()
+	delete(l.open, c)
+	l.openMu.Unlock()
+}
+
+// Close stops accepting, lets the engine disconnect this listener's clients,
+// closes sockets that never finished CONNECT, and returns once every
+// connection goroutine has ended: the engine waits on its client group next,
+// which must not grow while it waits.
 func (l *listener) Close(closeClients listeners.CloseFn) {
+	defer l.conns.Wait()
+	defer func() {
+		l.openMu.Lock()
+		for c := range l.open {
+			if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				l.log.Debug().Err(err).Msg("close connection")
+			}
+		}
+		l.openMu.Unlock()
+	}()
 	l.once.Do(func() {
+		l.openMu.Lock()
 		close(l.closing)
+		l.openMu.Unlock()
 		if l.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
@@ -216,8 +265,9 @@ func isQuietDisconnect(err error) bool {
 // may span or share binary frames.
 type wsConn struct {
 	net.Conn
-	c *websocket.Conn
-	r io.Reader
+	c   *websocket.Conn
+	r   io.Reader
+	wmu sync.Mutex
 }
 
 var errNotBinary = errors.New("websocket frame is not binary")
@@ -247,18 +297,28 @@ func (ws *wsConn) Read(p []byte) (int, error) {
 }
 
 func (ws *wsConn) Write(p []byte) (int, error) {
+	ws.wmu.Lock()
+	defer ws.wmu.Unlock()
 	if err := ws.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
+// SetDeadline is called by the engine's reader while its writer may be
+// sending; gorilla's write deadline is not safe against a concurrent write,
+// hence the lock.
 func (ws *wsConn) SetDeadline(t time.Time) error {
 	if err := ws.c.SetReadDeadline(t); err != nil {
 		return err
 	}
-	return ws.c.SetWriteDeadline(t)
+	return ws.SetWriteDeadline(t)
 }
 
-func (ws *wsConn) SetReadDeadline(t time.Time) error  { return ws.c.SetReadDeadline(t) }
-func (ws *wsConn) SetWriteDeadline(t time.Time) error { return ws.c.SetWriteDeadline(t) }
+func (ws *wsConn) SetReadDeadline(t time.Time) error { return ws.c.SetReadDeadline(t) }
+
+func (ws *wsConn) SetWriteDeadline(t time.Time) error {
+	ws.wmu.Lock()
+	defer ws.wmu.Unlock()
+	return ws.c.SetWriteDeadline(t)
+}

@@ -178,9 +178,16 @@ func New(opts Options) (*Server, error) {
 	// Strict MQTT 5 clients (paho) reject acks that echo the publisher's user properties.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 
+	// The engine narrates routine steps (hooks added, listeners attached) at
+	// info; Colony logs its own version of those, so below debug only the
+	// engine's warnings and errors get through.
+	engineLog := opts.Logger.With().Str("component", "engine").Logger()
+	if engineLog.GetLevel() > zerolog.DebugLevel {
+		engineLog = engineLog.Level(max(engineLog.GetLevel(), zerolog.WarnLevel))
+	}
 	s.mq = mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
-		Logger:                 slog.New(zerolog.NewSlogHandler(opts.Logger.With().Str("component", "engine").Logger())),
+		Logger:                 slog.New(zerolog.NewSlogHandler(engineLog)),
 		InlineClient:           true,
 		SysTopicResendInterval: 10,
 	})

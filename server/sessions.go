@@ -128,7 +128,7 @@ func (h *sessions) unbindLocked(c *conn) {
 			delete(h.users, c.user)
 		}
 	}
-	c.user = ""
+	// c.user stays: a connection on its way out still reports who it was.
 }
 
 func (h *sessions) bind(clientID, user string) error {
@@ -139,10 +139,14 @@ func (h *sessions) bind(clientID, user string) error {
 		return fmt.Errorf("bind %q to user %q: %w", clientID, user, ErrNoClient)
 	}
 	h.unbindLocked(c)
+	c.user = ""
 	var others []*mqtt.Client
-	if h.s.opts.SingleLogin {
+	if h.s.opts.SingleLogin && user != "" {
+		// Unbind now rather than when their sockets close, so pushes and
+		// ClientsOf see only the new connection from this moment on.
 		for _, o := range h.users[user] {
 			others = append(others, o.cl)
+			h.unbindLocked(o)
 		}
 	}
 	if user != "" {
@@ -324,6 +328,13 @@ func (s *Server) KickUser(userID, reason string) int {
 }
 
 func (s *Server) kick(cl *mqtt.Client, reason string) {
+	// Unbind at once, so pushes and ClientsOf stop counting the connection
+	// before its socket has finished closing.
+	s.sessions.mu.Lock()
+	if c, ok := s.sessions.conns[cl.ID]; ok && c.cl == cl {
+		s.sessions.unbindLocked(c)
+	}
+	s.sessions.mu.Unlock()
 	code := packets.ErrAdministrativeAction
 	if reason != "" {
 		code.Reason = reason

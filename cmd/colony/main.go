@@ -97,7 +97,7 @@ func serve(args []string, stderr io.Writer) error {
 		}
 	}
 	cfg.SetDefaults()
-	log := app.NewLogger(cfg.Log, os.Stderr)
+	log := app.NewLogger(cfg.Log, stderr)
 
 	a := app.New(cfg, log)
 	if err := a.Use(modules.Builtin()...); err != nil {
