@@ -3,7 +3,6 @@ package app_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -17,20 +16,12 @@ import (
 
 func connectV3(t *testing.T, url, id string, clean bool, onMsg pahov3.MessageHandler) pahov3.Client {
 	t.Helper()
-	o := pahov3.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(clean).
-		SetAutoReconnect(false).SetProtocolVersion(4).SetDefaultPublishHandler(onMsg)
-	c := pahov3.NewClient(o)
-	if tok := c.Connect(); !tok.WaitTimeout(wait) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", id, tok.Error())
-	}
-	return c
+	return apptest.V3(t, url, id, func(o *pahov3.ClientOptions) { o.SetCleanSession(clean).SetDefaultPublishHandler(onMsg) })
 }
 
 func ok(t *testing.T, tok pahov3.Token) {
 	t.Helper()
-	if !tok.WaitTimeout(wait) || tok.Error() != nil {
-		t.Fatalf("mqtt: %v", tok.Error())
-	}
+	apptest.Done(t, tok)
 }
 
 func TestPersistentSessionSurvivesRestart(t *testing.T) {
@@ -46,7 +37,7 @@ func TestPersistentSessionSurvivesRestart(t *testing.T) {
 	ok(t, sub.Subscribe("orders/#", 1, nil))
 	sub.Disconnect(50)
 	// And an MQTT 5 one with a session expiry.
-	s5 := dialV5(t, first.Addr("mqtt"), &paho.Connect{ClientID: "keeper5", CleanStart: true,
+	s5 := apptest.V5(t, first.Addr("mqtt"), &paho.Connect{ClientID: "keeper5", CleanStart: true,
 		Properties: &paho.ConnectProperties{SessionExpiryInterval: ptr[uint32](3600)}})
 	if _, err := s5.Subscribe(context.Background(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "orders/#", QoS: 1}}}); err != nil {
 		t.Fatal(err)
@@ -88,14 +79,13 @@ func TestPersistentSessionSurvivesRestart(t *testing.T) {
 		}
 	}
 
-	msgs := make(chan string, 64)
-	s5 = dialV5cb(t, second.Addr("mqtt"), &paho.Connect{ClientID: "keeper5", CleanStart: false,
-		Properties: &paho.ConnectProperties{SessionExpiryInterval: ptr[uint32](3600)}}, msgs)
+	s5 = apptest.V5(t, second.Addr("mqtt"), &paho.Connect{ClientID: "keeper5", CleanStart: false,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: ptr[uint32](3600)}})
 	seen = map[string]int{}
 	for range 5 {
 		select {
-		case p := <-msgs:
-			seen[p]++
+		case p := <-s5.Msgs:
+			seen[string(p.Payload)]++
 		case <-time.After(wait):
 			t.Fatalf("MQTT 5 session: only %v arrived after restart", seen)
 		}
@@ -184,30 +174,3 @@ func TestGracefulStopFinishesInflightRequests(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-func dialV5(t *testing.T, addr string, cp *paho.Connect) *paho.Client {
-	return dialV5cb(t, addr, cp, nil)
-}
-
-func dialV5cb(t *testing.T, addr string, cp *paho.Connect, msgs chan<- string) *paho.Client {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-		func(p paho.PublishReceived) (bool, error) {
-			if msgs != nil {
-				msgs <- string(p.Packet.Payload)
-			}
-			return true, nil
-		}}})
-	cp.KeepAlive = 30
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	if _, err := c.Connect(ctx, cp); err != nil {
-		t.Fatalf("connect %s: %v", cp.ClientID, err)
-	}
-	return c
-}

@@ -57,26 +57,26 @@ func TestAuthRejectsWithReasonCodes(t *testing.T) {
 		"unknown user":   withCreds("mallory", "x"),
 		"anonymous":      func(*pahov3.ClientOptions) {},
 	} {
-		_, err := v3try(url, "c-"+strings.ReplaceAll(name, " ", "-"), tweak)
+		_, err := apptest.V3Try(url, "c-"+strings.ReplaceAll(name, " ", "-"), tweak)
 		if err == nil || !strings.Contains(err.Error(), "not Authorized") {
 			t.Errorf("%s: got %v, want not authorized", name, err)
 		}
 	}
 	// MQTT 5: CONNACK reason 0x86.
-	c := v5try(t, a.Addr("mqtt"), &paho.Connect{ClientID: "v5bad", CleanStart: true,
+	c := apptest.V5Try(t, a.Addr("mqtt"), &paho.Connect{ClientID: "v5bad", CleanStart: true,
 		Username: "alice", UsernameFlag: true, Password: []byte("nope"), PasswordFlag: true})
-	if c.connectEr == nil || c.connack == nil || c.connack.ReasonCode != 0x86 {
-		t.Fatalf("v5 wrong password: err %v connack %+v, want reason 0x86", c.connectEr, c.connack)
+	if c.ConnectErr == nil || c.Connack == nil || c.Connack.ReasonCode != 0x86 {
+		t.Fatalf("v5 wrong password: err %v connack %+v, want reason 0x86", c.ConnectErr, c.Connack)
 	}
 	// The right password works.
-	v3(t, url, "alice-ok", withCreds("alice", "wonderland"))
+	apptest.V3(t, url, "alice-ok", withCreds("alice", "wonderland"))
 }
 
 func TestAnonymousAllowedOnlyOnLoopbackByDefault(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Listeners.MQTT = "0.0.0.0:0"
 	a := app.New(cfg, apptest.Logger(t))
-	err := a.Start(ctxWait(t))
+	err := a.Start(apptest.Ctx(t))
 	if err == nil {
 		apptest.Stop(t, a)
 		t.Fatal("a non-loopback listener without a password file started with anonymous access")
@@ -86,51 +86,51 @@ func TestAnonymousAllowedOnlyOnLoopbackByDefault(t *testing.T) {
 	}
 	// Loopback with defaults: anonymous clients welcome.
 	b := apptest.Run(t, apptest.Config(t))
-	v3(t, apptest.URL(b), "anon")
+	apptest.V3(t, apptest.URL(b), "anon")
 }
 
 func TestACLEnforced(t *testing.T) {
 	a := apptest.Run(t, authConfig(t))
 	url := apptest.URL(a)
-	alice := v3(t, url, "alice-1", withCreds("alice", "wonderland"))
-	bob := v3(t, url, "bob-1", withCreds("bob", "builder"))
+	alice := apptest.V3(t, url, "alice-1", withCreds("alice", "wonderland"))
+	bob := apptest.V3(t, url, "bob-1", withCreds("bob", "builder"))
 
 	// Subscribing beyond the ACL: SUBACK 0x80 in 3.1.1.
 	tok := alice.Subscribe("chat/bob/#", 1, nil)
-	if !tok.WaitTimeout(wait) {
+	if !tok.WaitTimeout(apptest.Wait) {
 		t.Fatal("subscribe timed out")
 	}
 	if res := tok.(*pahov3.SubscribeToken).Result()["chat/bob/#"]; res != 0x80 {
 		t.Fatalf("denied subscription got return code %#x, want 0x80", res)
 	}
-	aliceCh, ah := sink()
-	done(t, alice.Subscribe("chat/all", 1, ah))
-	done(t, alice.Subscribe("chat/alice/#", 1, ah))
+	aliceCh, ah := apptest.Sink()
+	apptest.Done(t, alice.Subscribe("chat/all", 1, ah))
+	apptest.Done(t, alice.Subscribe("chat/alice/#", 1, ah))
 
 	// Bob may write chat/all; alice may only read it.
-	done(t, bob.Publish("chat/all", 1, false, "from bob"))
-	if m := next(t, aliceCh); string(m.Payload()) != "from bob" {
+	apptest.Done(t, bob.Publish("chat/all", 1, false, "from bob"))
+	if m := apptest.Next(t, aliceCh); string(m.Payload()) != "from bob" {
 		t.Fatalf("alice got %q", m.Payload())
 	}
 	// Delivery is checked too: bob's own inbox pattern is not alice's.
-	bobInbox, bh := sink()
-	done(t, bob.Subscribe("inbox/bob/#", 1, bh))
-	done(t, bob.Publish("chat/alice/dm", 1, false, "hi alice"))
-	if m := next(t, aliceCh); string(m.Payload()) != "hi alice" {
+	bobInbox, bh := apptest.Sink()
+	apptest.Done(t, bob.Subscribe("inbox/bob/#", 1, bh))
+	apptest.Done(t, bob.Publish("chat/alice/dm", 1, false, "hi alice"))
+	if m := apptest.Next(t, aliceCh); string(m.Payload()) != "hi alice" {
 		t.Fatalf("alice got %q", m.Payload())
 	}
 
 	// MQTT 5 publish beyond the ACL: PUBACK 0x87 and nothing delivered.
-	a5 := v5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "alice-5", CleanStart: true,
+	a5 := apptest.V5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "alice-5", CleanStart: true,
 		Username: "alice", UsernameFlag: true, Password: []byte("wonderland"), PasswordFlag: true})
-	res, err := a5.Publish(ctxWait(t), &paho.Publish{Topic: "chat/all", QoS: 1, Payload: []byte("forged")})
+	res, err := a5.Publish(apptest.Ctx(t), &paho.Publish{Topic: "chat/all", QoS: 1, Payload: []byte("forged")})
 	if res == nil || res.ReasonCode != 0x87 {
 		t.Fatalf("publish to read-only topic: %v %+v, want PUBACK 0x87", err, res)
 	}
-	res, err = a5.Publish(ctxWait(t), &paho.Publish{Topic: "inbox/bob/x", QoS: 1, Payload: []byte("forged")})
+	res, err = a5.Publish(apptest.Ctx(t), &paho.Publish{Topic: "inbox/bob/x", QoS: 1, Payload: []byte("forged")})
 	if res == nil || res.ReasonCode != 0x87 {
 		t.Fatalf("publish to another user's pattern topic: %v %+v, want PUBACK 0x87", err, res)
 	}
-	none(t, aliceCh, 200*time.Millisecond)
-	none(t, bobInbox, 10*time.Millisecond)
+	apptest.None(t, aliceCh, 200*time.Millisecond)
+	apptest.None(t, bobInbox, 10*time.Millisecond)
 }

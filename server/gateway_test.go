@@ -98,18 +98,18 @@ func rpcNode(t *testing.T) *app.App {
 
 func TestRequestResponseMQTT5(t *testing.T) {
 	a := rpcNode(t)
-	c := v5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "caller5", CleanStart: true})
-	if _, err := c.Subscribe(ctxWait(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "replies/caller5", QoS: 1}}}); err != nil {
+	c := apptest.V5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "caller5", CleanStart: true})
+	if _, err := c.Subscribe(apptest.Ctx(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "replies/caller5", QoS: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	call := func(topic, body string) envelope {
 		t.Helper()
 		corr := []byte(topic)
-		if _, err := c.Publish(ctxWait(t), &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(body),
+		if _, err := c.Publish(apptest.Ctx(t), &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(body),
 			Properties: &paho.PublishProperties{ResponseTopic: "replies/caller5", CorrelationData: corr}}); err != nil {
 			t.Fatalf("publish %s: %v", topic, err)
 		}
-		m := next(t, c.msgs)
+		m := apptest.Next(t, c.Msgs)
 		if m.Topic != "replies/caller5" || string(m.Properties.CorrelationData) != string(corr) {
 			t.Fatalf("reply on %q with correlation %q, want replies/caller5 and %q", m.Topic, m.Properties.CorrelationData, corr)
 		}
@@ -149,49 +149,49 @@ func TestRequestResponseMQTT5(t *testing.T) {
 
 func TestRequestResponseMQTT311(t *testing.T) {
 	a := rpcNode(t)
-	c := v3(t, apptest.URL(a), "caller3")
-	replies, h := sink()
-	done(t, c.Subscribe("$rpc/calc/+/+", 1, h))
-	other := v3(t, apptest.URL(a), "eavesdropper")
-	spied, sh := sink()
-	done(t, other.Subscribe("$rpc/#", 1, sh))
+	c := apptest.V3(t, apptest.URL(a), "caller3")
+	replies, h := apptest.Sink()
+	apptest.Done(t, c.Subscribe("$rpc/calc/+/+", 1, h))
+	other := apptest.V3(t, apptest.URL(a), "eavesdropper")
+	spied, sh := apptest.Sink()
+	apptest.Done(t, other.Subscribe("$rpc/#", 1, sh))
 
-	done(t, c.Publish("$rpc/calc/add/m1", 1, false, `{"A":20,"B":22}`))
-	m := next(t, replies)
+	apptest.Done(t, c.Publish("$rpc/calc/add/m1", 1, false, `{"A":20,"B":22}`))
+	m := apptest.Next(t, replies)
 	if m.Topic() != "$rpc/calc/add/m1" {
 		t.Fatalf("reply topic %q", m.Topic())
 	}
 	if e := decodeReply(t, m.Payload()); string(e.Result) != `{"Sum":42}` {
 		t.Fatalf("add: %s", m.Payload())
 	}
-	done(t, c.Publish("$rpc/calc/fail/m2", 1, false, `{}`))
-	if e := decodeReply(t, next(t, replies).Payload()); e.Error == nil || e.Error.Code != rpc.CodeForbidden {
+	apptest.Done(t, c.Publish("$rpc/calc/fail/m2", 1, false, `{}`))
+	if e := decodeReply(t, apptest.Next(t, replies).Payload()); e.Error == nil || e.Error.Code != rpc.CodeForbidden {
 		t.Fatalf("fail: %+v", e)
 	}
-	done(t, c.Publish("$rpc/calc/echo/m3", 0, false, `not json at all`))
-	if m := next(t, replies); string(m.Payload()) != "not json at all" {
+	apptest.Done(t, c.Publish("$rpc/calc/echo/m3", 0, false, `not json at all`))
+	if m := apptest.Next(t, replies); string(m.Payload()) != "not json at all" {
 		t.Fatalf("raw echo: %q", m.Payload())
 	}
 	// Neither the requests nor the replies reach anyone else.
-	none(t, spied, 200*time.Millisecond)
+	apptest.None(t, spied, 200*time.Millisecond)
 }
 
 func TestMQANTTopics(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Gateway.MQANTTopics = true
 	a := apptest.Run(t, cfg, &calc{})
-	c := v3(t, apptest.URL(a), "mqant")
-	replies, h := sink()
-	done(t, c.Subscribe("calc/add/+", 1, h))
-	done(t, c.Subscribe("plain/topic/x", 1, h))
-	done(t, c.Publish("calc/add/7", 1, false, `{"A":1,"B":2}`))
-	m := next(t, replies)
+	c := apptest.V3(t, apptest.URL(a), "mqant")
+	replies, h := apptest.Sink()
+	apptest.Done(t, c.Subscribe("calc/add/+", 1, h))
+	apptest.Done(t, c.Subscribe("plain/topic/x", 1, h))
+	apptest.Done(t, c.Publish("calc/add/7", 1, false, `{"A":1,"B":2}`))
+	m := apptest.Next(t, replies)
 	if m.Topic() != "calc/add/7" || string(decodeReply(t, m.Payload()).Result) != `{"Sum":3}` {
 		t.Fatalf("mqant-style reply %q on %q", m.Payload(), m.Topic())
 	}
 	// Topics of unknown modules stay ordinary pub/sub.
-	done(t, c.Publish("plain/topic/x", 1, false, "just a message"))
-	if m := next(t, replies); string(m.Payload()) != "just a message" {
+	apptest.Done(t, c.Publish("plain/topic/x", 1, false, "just a message"))
+	if m := apptest.Next(t, replies); string(m.Payload()) != "just a message" {
 		t.Fatalf("ordinary publish became a request: %q", m.Payload())
 	}
 }
@@ -200,22 +200,22 @@ func TestUsersPushAndKick(t *testing.T) {
 	cfg := apptest.Config(t)
 	a := apptest.Run(t, cfg, &calc{})
 	url := apptest.URL(a)
-	phone, laptop := v3(t, url, "phone"), v3(t, url, "laptop")
-	stranger := v3(t, url, "stranger")
-	replies, rh := sink()
+	phone, laptop := apptest.V3(t, url, "phone"), apptest.V3(t, url, "laptop")
+	stranger := apptest.V3(t, url, "stranger")
+	replies, rh := apptest.Sink()
 	for _, c := range []pahov3.Client{phone, laptop, stranger} {
-		done(t, c.Subscribe("$rpc/#", 1, rh))
+		apptest.Done(t, c.Subscribe("$rpc/#", 1, rh))
 	}
-	done(t, phone.Publish("$rpc/calc/login/1", 1, false, `{"User":"alice"}`))
-	next(t, replies)
-	done(t, laptop.Publish("$rpc/calc/login/2", 1, false, `{"User":"alice"}`))
-	next(t, replies)
+	apptest.Done(t, phone.Publish("$rpc/calc/login/1", 1, false, `{"User":"alice"}`))
+	apptest.Next(t, replies)
+	apptest.Done(t, laptop.Publish("$rpc/calc/login/2", 1, false, `{"User":"alice"}`))
+	apptest.Next(t, replies)
 	if got := a.Server().ClientsOf("alice"); len(got) != 2 || got[0] != "laptop" || got[1] != "phone" {
 		t.Fatalf("alice's clients: %v", got)
 	}
-	done(t, phone.Publish("$rpc/calc/whoami/3", 1, false, ``))
+	apptest.Done(t, phone.Publish("$rpc/calc/whoami/3", 1, false, ``))
 	var w who
-	if err := json.Unmarshal(decodeReply(t, next(t, replies).Payload()).Result, &w); err != nil || w.UserID != "alice" {
+	if err := json.Unmarshal(decodeReply(t, apptest.Next(t, replies).Payload()).Result, &w); err != nil || w.UserID != "alice" {
 		t.Fatalf("user id did not reach the handler: %+v %v", w, err)
 	}
 
@@ -225,21 +225,21 @@ func TestUsersPushAndKick(t *testing.T) {
 		id := map[pahov3.Client]string{phone: "phone", laptop: "laptop", stranger: "stranger"}[c]
 		c.AddRoute("notice/#", func(_ pahov3.Client, m pahov3.Message) { got <- id + ":" + string(m.Payload()) })
 	}
-	done(t, stranger.Publish("$rpc/calc/push/4", 1, false, `{"User":"alice","Topic":"notice/1","Text":"hi"}`))
-	if e := decodeReply(t, next(t, replies).Payload()); string(e.Result) != `{"Delivered":2}` {
+	apptest.Done(t, stranger.Publish("$rpc/calc/push/4", 1, false, `{"User":"alice","Topic":"notice/1","Text":"hi"}`))
+	if e := decodeReply(t, apptest.Next(t, replies).Payload()); string(e.Result) != `{"Delivered":2}` {
 		t.Fatalf("push result %+v", e)
 	}
-	seen := map[string]bool{next(t, got): true, next(t, got): true}
+	seen := map[string]bool{apptest.Next(t, got): true, apptest.Next(t, got): true}
 	if !seen["phone:hi"] || !seen["laptop:hi"] {
 		t.Fatalf("pushes went to %v", seen)
 	}
-	none(t, got, 200*time.Millisecond)
+	apptest.None(t, got, 200*time.Millisecond)
 
 	// Kick disconnects all of alice's connections.
 	if n := a.Server().KickUser("alice", "account suspended"); n != 2 {
 		t.Fatalf("kicked %d connections, want 2", n)
 	}
-	deadline := time.Now().Add(wait)
+	deadline := time.Now().Add(apptest.Wait)
 	for (phone.IsConnectionOpen() || laptop.IsConnectionOpen()) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -255,13 +255,13 @@ func TestKickMQTT5ReasonAndSingleLogin(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Sessions.SingleLogin = true
 	a := apptest.Run(t, cfg, &calc{})
-	first := v5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "first", CleanStart: true})
-	second := v5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "second", CleanStart: true})
+	first := apptest.V5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "first", CleanStart: true})
+	second := apptest.V5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "second", CleanStart: true})
 	// The session layer learns of a connection just after its CONNACK is
-	// written, so a bind from outside may have to wait a moment.
-	eventually(t, func() error { return a.Server().BindUser("first", "carol") })
-	eventually(t, func() error { return a.Server().BindUser("second", "carol") })
-	d := next(t, first.disconn)
+	// written, so a bind from outside may have to apptest.Wait a moment.
+	apptest.Eventually(t, func() error { return a.Server().BindUser("first", "carol") })
+	apptest.Eventually(t, func() error { return a.Server().BindUser("second", "carol") })
+	d := apptest.Next(t, first.Disconn)
 	if d.ReasonCode != 0x98 || d.Properties == nil || d.Properties.ReasonString == "" {
 		t.Fatalf("single login disconnect: %+v, want 0x98 with a reason", d)
 	}
@@ -271,7 +271,7 @@ func TestKickMQTT5ReasonAndSingleLogin(t *testing.T) {
 	if err := a.Server().KickClient("second", "bye"); err != nil {
 		t.Fatal(err)
 	}
-	if d := next(t, second.disconn); d.ReasonCode != 0x98 || d.Properties.ReasonString != "bye" {
+	if d := apptest.Next(t, second.Disconn); d.ReasonCode != 0x98 || d.Properties.ReasonString != "bye" {
 		t.Fatalf("kick: %+v", d)
 	}
 }
@@ -281,8 +281,8 @@ func TestSessionValuesAndEvents(t *testing.T) {
 	events := make(chan string, 16)
 	cancel := a.Server().Watch(func(ev server.Event) { events <- ev.Kind.String() + ":" + ev.ClientID })
 	defer cancel()
-	c := v3(t, apptest.URL(a), "valued")
-	if ev := next(t, events); ev != "connected:valued" {
+	c := apptest.V3(t, apptest.URL(a), "valued")
+	if ev := apptest.Next(t, events); ev != "connected:valued" {
 		t.Fatalf("event %q", ev)
 	}
 	if err := a.Server().SetValue("valued", "room", 7); err != nil {
@@ -295,7 +295,7 @@ func TestSessionValuesAndEvents(t *testing.T) {
 		t.Fatal("value set on a client that is not connected")
 	}
 	c.Disconnect(50)
-	if ev := next(t, events); ev != "disconnected:valued" {
+	if ev := apptest.Next(t, events); ev != "disconnected:valued" {
 		t.Fatalf("event %q", ev)
 	}
 	if _, ok := a.Server().Value("valued", "room"); ok {

@@ -111,35 +111,23 @@ func DefaultLimits() Limits {
 
 func (l *Limits) fill() {
 	d := DefaultLimits()
-	if l.MaxPacketSize == 0 {
-		l.MaxPacketSize = d.MaxPacketSize
-	}
-	if l.MaxConnections == 0 {
-		l.MaxConnections = d.MaxConnections
-	}
-	if l.ConnectTimeout == 0 {
-		l.ConnectTimeout = d.ConnectTimeout
-	}
-	if l.MaxInflight == 0 {
-		l.MaxInflight = d.MaxInflight
-	}
-	if l.ReceiveMaximum == 0 {
-		l.ReceiveMaximum = d.ReceiveMaximum
-	}
-	if l.ClientWriteQueue == 0 {
-		l.ClientWriteQueue = d.ClientWriteQueue
-	}
-	if l.MaxSessionExpiry == 0 {
-		l.MaxSessionExpiry = d.MaxSessionExpiry
-	}
-	if l.RPCTimeout == 0 {
-		l.RPCTimeout = d.RPCTimeout
-	}
-	if l.RPCConcurrency == 0 {
-		l.RPCConcurrency = d.RPCConcurrency
-	}
-	if l.MaxTopicAliasSize == 0 {
-		l.MaxTopicAliasSize = d.MaxTopicAliasSize
+	orDefault(&l.MaxPacketSize, d.MaxPacketSize)
+	orDefault(&l.MaxConnections, d.MaxConnections)
+	orDefault(&l.ConnectTimeout, d.ConnectTimeout)
+	orDefault(&l.MaxInflight, d.MaxInflight)
+	orDefault(&l.ReceiveMaximum, d.ReceiveMaximum)
+	orDefault(&l.ClientWriteQueue, d.ClientWriteQueue)
+	orDefault(&l.MaxSessionExpiry, d.MaxSessionExpiry)
+	orDefault(&l.RPCTimeout, d.RPCTimeout)
+	orDefault(&l.RPCConcurrency, d.RPCConcurrency)
+	orDefault(&l.MaxTopicAliasSize, d.MaxTopicAliasSize)
+}
+
+// orDefault sets *v to d when *v is the zero value.
+func orDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
 )
 
@@ -65,14 +66,14 @@ func TestTLSListener(t *testing.T) {
 	cfg.TLS.CertFile, cfg.TLS.KeyFile = certFile, keyFile
 	a := apptest.Run(t, cfg)
 
-	sec := v3(t, "ssl://"+a.Addr("tls"), "secure", func(o *pahov3.ClientOptions) {
+	sec := apptest.V3(t, "ssl://"+a.Addr("tls"), "secure", func(o *pahov3.ClientOptions) {
 		o.SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
 	})
-	plain := v3(t, apptest.URL(a), "plain")
-	ch, h := sink()
-	done(t, plain.Subscribe("tls/#", 1, h))
-	done(t, sec.Publish("tls/x", 1, false, "encrypted hop"))
-	if m := next(t, ch); string(m.Payload()) != "encrypted hop" {
+	plain := apptest.V3(t, apptest.URL(a), "plain")
+	ch, h := apptest.Sink()
+	apptest.Done(t, plain.Subscribe("tls/#", 1, h))
+	apptest.Done(t, sec.Publish("tls/x", 1, false, "encrypted hop"))
+	if m := apptest.Next(t, ch); string(m.Payload()) != "encrypted hop" {
 		t.Fatalf("got %q", m.Payload())
 	}
 
@@ -87,18 +88,18 @@ func TestTLSListener(t *testing.T) {
 func TestTLSListenerNeedsCertificate(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Listeners.TLS = "127.0.0.1:0"
-	a := newApp(t, cfg)
-	if err := a.Start(ctxWait(t)); err == nil {
+	a := app.New(cfg, apptest.Logger(t))
+	if err := a.Start(apptest.Ctx(t)); err == nil {
 		t.Fatal("tls listener started without a certificate")
 	}
 }
 
 func TestSysTopics(t *testing.T) {
 	a := apptest.Run(t, apptest.Config(t))
-	c := v3(t, apptest.URL(a), "sys-reader")
-	ch, h := sink()
-	done(t, c.Subscribe("$SYS/broker/clients/connected", 0, h))
-	if m := next(t, ch); string(m.Payload()) == "" {
+	c := apptest.V3(t, apptest.URL(a), "sys-reader")
+	ch, h := apptest.Sink()
+	apptest.Done(t, c.Subscribe("$SYS/broker/clients/connected", 0, h))
+	if m := apptest.Next(t, ch); string(m.Payload()) == "" {
 		t.Fatal("empty $SYS value")
 	}
 }

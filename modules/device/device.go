@@ -1,14 +1,13 @@
 // Package device is Colony's built-in device module (device management: registry, credentials, shadows, telemetry and commands).
 //
-// It is registered and served today with one handler, "info"; its features
-// arrive in their own issues.
+// It is registered and served today with the "info" handler only; its
+// features arrive in their own issues.
 package device
 
 import (
 	"context"
 
 	"github.com/colonymq/colony/app"
-	"github.com/colonymq/colony/rpc"
 )
 
 // ID is the module id used in config, logs and request topics ($rpc/device/…).
@@ -18,10 +17,7 @@ const ID = "device"
 const Version = "0.1.0"
 
 // Module is the device module.
-type Module struct {
-	app.Base
-	host *app.Host
-}
+type Module struct{ app.Base }
 
 var _ app.Module = (*Module)(nil)
 
@@ -29,21 +25,10 @@ var _ app.Module = (*Module)(nil)
 func New() *Module { return &Module{} }
 
 // ID returns "device".
-func (m *Module) ID() string { return ID }
-
-// Info describes the module.
-type Info struct {
-	Module   string   `json:"module"`
-	Version  string   `json:"version"`
-	Node     string   `json:"node"`
-	Handlers []string `json:"handlers"`
-}
+func (*Module) ID() string { return ID }
 
 // Init registers the module's handlers.
-func (m *Module) Init(_ context.Context, h *app.Host) error {
-	m.host = h
-	rpc.Handle(h.Registry, ID, "info", func(context.Context, *struct{}) (*Info, error) {
-		return &Info{Module: ID, Version: Version, Node: h.Node, Handlers: h.Registry.Handlers(ID)}, nil
-	})
+func (*Module) Init(_ context.Context, h *app.Host) error {
+	app.HandleInfo(h, Version)
 	return nil
 }
