@@ -77,6 +77,9 @@ type LimitsConfig struct {
 	MaxSessionExpiry Duration `toml:"max_session_expiry"` // how long a disconnected persistent session is kept; default "168h"
 	RPCTimeout       Duration `toml:"rpc_timeout"`        // deadline of a client request to a module; default "10s"
 	RPCConcurrency   int      `toml:"rpc_concurrency"`    // client requests executing at once; default 1024
+	// SlowClientTimeout is how long publishers wait for a full subscriber
+	// queue to drain before that subscriber counts as stalled; default "5s".
+	SlowClientTimeout Duration `toml:"slow_client_timeout"`
 }
 
 // SessionsConfig controls the user/session layer.

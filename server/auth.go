@@ -312,12 +312,6 @@ func reservedForWrite(topic string) bool {
 	return false
 }
 
-// deniedTopic replaces the name of a client publish to a reserved topic. The
-// engine silently ignores $SYS publishes (a QoS 1 publisher then never gets
-// its PUBACK); renaming sends the packet through the ACL check, which denies
-// it with the proper reason code.
-const deniedTopic = "$colony/denied"
-
 // authHook authenticates CONNECTs and enforces the ACL and reserved topics.
 type authHook struct {
 	mqtt.HookBase
@@ -332,7 +326,7 @@ var _ mqtt.Hook = (*authHook)(nil)
 func (h *authHook) ID() string { return "colony-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnPacketRead
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
 }
 
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
@@ -360,13 +354,6 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		h.denied()
 	}
 	return ok
-}
-
-func (h *authHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type == packets.Publish && reservedForWrite(pk.TopicName) && !strings.HasPrefix(pk.TopicName, deniedTopic) {
-		pk.TopicName = deniedTopic
-	}
-	return pk, nil
 }
 
 func (h *authHook) denied() {

@@ -71,6 +71,11 @@ type Limits struct {
 	RPCTimeout        time.Duration // deadline of a client request to a module
 	RPCConcurrency    int           // client requests executing at once, server-wide
 	MaxTopicAliasSize uint16        // topic aliases per client (MQTT 5)
+	// SlowClientTimeout is how long publishers wait for a subscriber whose
+	// queue is full to drain before it counts as stalled (QoS 0 to it is
+	// then dropped and counted; a QoS 1/2 subscriber is disconnected and its
+	// session keeps the messages).
+	SlowClientTimeout time.Duration
 }
 
 // Options configures a Server. Zero values take the defaults named on each field of Limits via DefaultLimits.
@@ -106,6 +111,7 @@ func DefaultLimits() Limits {
 		RPCTimeout:        10 * time.Second,
 		RPCConcurrency:    1024,
 		MaxTopicAliasSize: 1024,
+		SlowClientTimeout: 5 * time.Second,
 	}
 }
 
@@ -121,6 +127,7 @@ func (l *Limits) fill() {
 	orDefault(&l.RPCTimeout, d.RPCTimeout)
 	orDefault(&l.RPCConcurrency, d.RPCConcurrency)
 	orDefault(&l.MaxTopicAliasSize, d.MaxTopicAliasSize)
+	orDefault(&l.SlowClientTimeout, d.SlowClientTimeout)
 }
 
 // orDefault sets *v to d when *v is the zero value.
@@ -163,6 +170,7 @@ func New(opts Options) (*Server, error) {
 	caps.MaximumClientWritesPending = opts.Limits.ClientWriteQueue
 	caps.MaximumSessionExpiryInterval = opts.Limits.MaxSessionExpiry
 	caps.TopicAliasMaximum = opts.Limits.MaxTopicAliasSize
+	caps.SlowClientPatience = opts.Limits.SlowClientTimeout
 	// Strict MQTT 5 clients (paho) reject acks that echo the publisher's user properties.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 

@@ -61,6 +61,11 @@ type Capabilities struct {
 	RetainAvailable              byte            `yaml:"retain_available" json:"retain_available"`                 // support of retain messages
 	WildcardSubAvailable         byte            `yaml:"wildcard_sub_available" json:"wildcard_sub_available"`     // support of wildcard subscriptions
 	SubIDAvailable               byte            `yaml:"sub_id_available" json:"sub_id_available"`                 // support of subscription identifiers
+	// COLONY PATCH P1: how long a publisher may wait for room in a slow
+	// subscriber's queue (or in-flight window) before that subscriber counts
+	// as stalled: QoS 0 is then dropped (counted) and a QoS 1/2 subscriber is
+	// disconnected, its message kept in-flight for its session. 0 never waits.
+	SlowClientPatience time.Duration `yaml:"-" json:"-"`
 }
 
 // NewDefaultServerCapabilities defines the default features and capabilities provided by the server.
@@ -857,7 +862,14 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 // processPublish processes a Publish packet.
 func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
-		return nil
+		// COLONY PATCH P6: upstream ignored such a publish silently, so a
+		// QoS 1 publisher to $SYS waited forever for its PUBACK. A client may
+		// not write $SYS: answer as for an ACL denial. Wildcards in a topic
+		// name are a protocol error [MQTT-3.3.2-2].
+		if !isSysTopic(pk.TopicName) {
+			return packets.ErrTopicNameInvalid
+		}
+		return s.denyPublish(cl, pk)
 	}
 
 	if atomic.LoadInt32(&cl.State.Inflight.receiveQuota) == 0 {
@@ -865,21 +877,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if !cl.Net.Inline && !s.hooks.OnACLCheck(cl, pk.TopicName, true) {
-		if pk.FixedHeader.Qos == 0 {
-			return nil
-		}
-
-		if cl.Properties.ProtocolVersion != 5 {
-			return s.DisconnectClient(cl, packets.ErrNotAuthorized)
-		}
-
-		ackType := packets.Puback
-		if pk.FixedHeader.Qos == 2 {
-			ackType = packets.Pubrec
-		}
-
-		ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
-		return cl.WritePacket(ack)
+		return s.denyPublish(cl, pk)
 	}
 
 	pk.Origin = cl.ID
@@ -938,6 +936,13 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		return nil
 	}
 
+	// COLONY PATCH P3: deliver first, acknowledge after, so that an ack
+	// means the message is with every subscriber (queued, or in-flight and,
+	// in sync durability, committed to the store). Waiting here on slow
+	// subscribers is the back-pressure that slows this publisher.
+	s.publishToSubscribers(pk)
+	s.hooks.OnPublished(cl, pk)
+
 	cl.State.Inflight.DecreaseReceiveQuota()
 	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
 	if pk.FixedHeader.Qos == 2 {
@@ -962,10 +967,33 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.hooks.OnQosComplete(cl, ack)
 	}
 
-	s.publishToSubscribers(pk)
-	s.hooks.OnPublished(cl, pk)
-
 	return nil
+}
+
+// denyPublish refuses a publish the client may not make: QoS 0 is dropped,
+// MQTT 5 gets a PUBACK/PUBREC with 0x87, MQTT 3 is disconnected (it has no
+// way to learn of the refusal otherwise).
+func (s *Server) denyPublish(cl *Client, pk packets.Packet) error {
+	if pk.FixedHeader.Qos == 0 {
+		return nil
+	}
+
+	if cl.Properties.ProtocolVersion != 5 {
+		return s.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+
+	ackType := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ackType = packets.Pubrec
+	}
+
+	ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
+	return cl.WritePacket(ack)
+}
+
+// isSysTopic reports whether a topic is in the $SYS space. COLONY PATCH P6.
+func isSysTopic(topic string) bool {
+	return len(topic) >= len(SysPrefix) && strings.EqualFold(topic[:len(SysPrefix)], SysPrefix)
 }
 
 // retainMessage adds a message to a topic, and if a persistent store is provided,
@@ -982,7 +1010,18 @@ func (s *Server) retainMessage(cl *Client, pk packets.Packet) {
 }
 
 // publishToSubscribers publishes a publish packet to all subscribers with matching topic filters.
+// COLONY PATCH P1: a slow subscriber makes the publisher wait (back-pressure).
 func (s *Server) publishToSubscribers(pk packets.Packet) {
+	s.publishToSubscribersWait(pk, s.Options.Capabilities.SlowClientPatience)
+}
+
+// publishToSubscribersNoWait is for the server's own housekeeping loop,
+// which must never wait on a client. COLONY PATCH P1.
+func (s *Server) publishToSubscribersNoWait(pk packets.Packet) {
+	s.publishToSubscribersWait(pk, 0)
+}
+
+func (s *Server) publishToSubscribersWait(pk packets.Packet, patience time.Duration) {
 	if pk.Ignore {
 		return
 	}
@@ -1013,7 +1052,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 
 	for id, subs := range subscribers.Subscriptions {
 		if cl, ok := s.Clients.Get(id); ok {
-			_, err := s.publishToClient(cl, subs, pk)
+			_, err := s.publishToClient(cl, subs, pk, patience)
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
@@ -1021,7 +1060,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 	}
 }
 
-func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet, patience time.Duration) (packets.Packet, error) {
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return pk, nil // [MQTT-3.8.3-3]
 	}
@@ -1061,11 +1100,21 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 	}
 
+	if cl.State.dropWarned.Load() {
+		patience = 0 // COLONY PATCH P1: already stalled; don't make every publisher wait again
+	}
+
 	if out.FixedHeader.Qos > 0 {
-		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
-			// add hook?
+		// COLONY PATCH P1: an online client whose in-flight window is full
+		// gets time to acknowledge before anything is given up; an offline
+		// session's queue is full for good (P4: logged once, counted).
+		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) && !s.waitInflight(cl, patience) {
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
-			s.Log.Warn("client store quota reached", "client", cl.ID, "listener", cl.Net.Listener)
+			cl.ops.hooks.OnPublishDropped(cl, pk)
+			if cl.State.dropWarned.CompareAndSwap(false, true) {
+				s.Log.Warn("client in-flight limit reached; dropping its QoS 1/2 messages until it catches up (logged once)",
+					"client", cl.ID, "listener", cl.Net.Listener, "limit", s.Options.Capabilities.MaximumInflight, "connected", !cl.Closed())
+			}
 			return out, packets.ErrQuotaExceeded
 		}
 
@@ -1097,20 +1146,49 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
-	select {
-	case cl.State.outbound <- &out:
-		atomic.AddInt32(&cl.State.outboundQty, 1)
-	default:
+	// COLONY PATCH P1: wait for room instead of dropping (back-pressure).
+	switch cl.State.outbound.push(&out, patience, cl.State.open.Done()) {
+	case pushed:
+	case closed:
+		// A QoS 1/2 message stays in-flight: the session resends it on reconnect.
+		return out, packets.CodeDisconnect
+	case stalled:
+		if out.FixedHeader.Qos > 0 {
+			// Never drop an accepted QoS 1/2 message: the stalled subscriber
+			// is disconnected and its session keeps the message in-flight.
+			s.Log.Warn("subscriber stalled: disconnecting it; its session keeps the undelivered messages",
+				"client", cl.ID, "listener", cl.Net.Listener, "patience", patience)
+			cl.Stop(packets.ErrQuotaExceeded)
+			return out, packets.ErrPendingClientWritesExceeded
+		}
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
-		if out.FixedHeader.Qos > 0 {
-			cl.State.Inflight.Delete(out.PacketID) // packet was dropped due to irregular circumstances, so rollback inflight.
-			cl.State.Inflight.IncreaseSendQuota()
+		if cl.State.dropWarned.CompareAndSwap(false, true) {
+			s.Log.Warn("subscriber too slow: dropping QoS 0 messages to it until its queue drains (logged once)",
+				"client", cl.ID, "listener", cl.Net.Listener, "queue", s.Options.Capabilities.MaximumClientWritesPending)
 		}
 		return out, packets.ErrPendingClientWritesExceeded
 	}
 
 	return out, nil
+}
+
+// waitInflight waits, at most patience, for a connected client to free
+// in-flight slots by acknowledging. COLONY PATCH P1.
+func (s *Server) waitInflight(cl *Client, patience time.Duration) bool {
+	if cl.Closed() || patience <= 0 {
+		return false
+	}
+	deadline := time.Now().Add(patience)
+	pause := 100 * time.Microsecond
+	for cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
+		if cl.Closed() || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 10*time.Millisecond)
+	}
+	return true
 }
 
 func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, existed bool) {
@@ -1124,7 +1202,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 
 	sub.FwdRetainedFlag = true
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
-		_, err := s.publishToClient(cl, sub, pkv)
+		_, err := s.publishToClient(cl, sub, pkv, s.Options.Capabilities.SlowClientPatience)
 		if err != nil {
 			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
 			continue
@@ -1486,7 +1564,7 @@ func (s *Server) publishSysTopics() {
 		pk.TopicName = topic
 		pk.Payload = []byte(payload)
 		s.Topics.RetainMessage(pk.Copy(false))
-		s.publishToSubscribers(pk)
+		s.publishToSubscribersNoWait(pk)
 	}
 
 	s.hooks.OnSysInfoTick(info)
@@ -1745,7 +1823,7 @@ func (s *Server) clearExpiredInflights(now int64) {
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
-			s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
+			s.publishToSubscribersNoWait(pk) // [MQTT-3.1.2-8]
 			if cl, ok := s.Clients.Get(id); ok {
 				if pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)

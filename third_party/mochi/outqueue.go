@@ -1,0 +1,125 @@
+// COLONY PATCH (see PATCHES.md, P1): a client's pending outbound packets.
+//
+// Upstream uses a channel with MaximumClientWritesPending slots reserved per
+// client up front (8,192 pointers = 64 KB for every idle connection) and
+// drops a packet, QoS 1 included, the moment it is full. outQueue grows with
+// demand, shrinks when drained, and lets a publisher wait for room instead
+// of dropping: back-pressure, which stops reading the publisher's socket.
+
+package mqtt
+
+import (
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// outQueue is safe for concurrent use: publishers push, the client's
+// WriteLoop takes everything queued in one go.
+type outQueue struct {
+	mu    sync.Mutex
+	items []*packets.Packet
+	spare []*packets.Packet // the slice handed back by the writer, reused
+	limit int
+	wake  chan struct{} // capacity 1: there is work for the writer
+	space chan struct{} // closed when room frees up; nil while nobody waits
+}
+
+func newOutQueue(limit int) *outQueue {
+	if limit < 1 {
+		limit = 1
+	}
+	return &outQueue{limit: limit, wake: make(chan struct{}, 1)}
+}
+
+// pushResult says what became of a pushed packet.
+type pushResult int
+
+const (
+	pushed  pushResult = iota
+	stalled            // the queue stayed full for the whole patience
+	closed             // the client went away while we waited
+)
+
+// push queues pk. When the queue is full it waits, at most patience, for
+// the writer to make room; done ends the wait early (client gone).
+// A patience of 0 never waits.
+func (q *outQueue) push(pk *packets.Packet, patience time.Duration, done <-chan struct{}) pushResult {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		q.mu.Lock()
+		if len(q.items) < q.limit {
+			q.items = append(q.items, pk)
+			first := len(q.items) == 1
+			q.mu.Unlock()
+			if first {
+				select {
+				case q.wake <- struct{}{}:
+				default:
+				}
+			}
+			return pushed
+		}
+		if patience <= 0 {
+			q.mu.Unlock()
+			return stalled
+		}
+		if q.space == nil {
+			q.space = make(chan struct{})
+		}
+		space := q.space
+		q.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(patience)
+		}
+		select {
+		case <-space:
+		case <-done:
+			return closed
+		case <-timer.C:
+			return stalled
+		}
+	}
+}
+
+// take returns everything queued and empties the queue, waking publishers
+// that wait for room. The caller hands the slice back with giveBack.
+func (q *outQueue) take() []*packets.Packet {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items := q.items
+	q.items = q.spare[:0]
+	q.spare = nil
+	if q.space != nil {
+		close(q.space)
+		q.space = nil
+	}
+	return items
+}
+
+// giveBack returns a slice from take for reuse; a large one is dropped so an
+// idle client does not keep the memory of a past burst.
+func (q *outQueue) giveBack(items []*packets.Packet) {
+	clear(items)
+	if cap(items) > 64 {
+		return
+	}
+	q.mu.Lock()
+	if q.spare == nil {
+		q.spare = items[:0]
+	}
+	q.mu.Unlock()
+}
+
+// len returns the number of packets waiting.
+func (q *outQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
