@@ -70,7 +70,7 @@ func TestSIGKILLInSyncModeLosesNoAcknowledgedMessage(t *testing.T) {
 	server, addr := startChild(t, args...)
 
 	opts := func(id string, clean bool) *pahov3.ClientOptions {
-		return pahov3.NewClientOptions().AddBroker("tcp://"+addr).SetClientID(id).SetCleanSession(clean).
+		return pahov3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(clean).
 			SetAutoReconnect(false).SetConnectRetry(false).SetMaxResumePubInFlight(256)
 	}
 	sub := pahov3.NewClient(opts("durable-sub", false))
@@ -137,7 +137,7 @@ func TestSIGKILLInSyncModeLosesNoAcknowledgedMessage(t *testing.T) {
 	var gmu sync.Mutex
 	all := make(chan struct{})
 	var once sync.Once
-	sub = pahov3.NewClient(pahov3.NewClientOptions().AddBroker("tcp://"+addr).SetClientID("durable-sub").
+	sub = pahov3.NewClient(pahov3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("durable-sub").
 		SetCleanSession(false).SetAutoReconnect(false).SetDefaultPublishHandler(func(_ pahov3.Client, m pahov3.Message) {
 		gmu.Lock()
 		defer gmu.Unlock()
