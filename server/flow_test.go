@@ -3,6 +3,7 @@ package server_test
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -115,7 +116,7 @@ func TestStalledSubscriberKeepsItsMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	acks := make([]byte, 4+5)
-	if _, err := ioReadFull(conn, acks); err != nil || acks[0] != 0x20 || acks[4] != 0x90 {
+	if _, err := io.ReadFull(conn, acks); err != nil || acks[0] != 0x20 || acks[4] != 0x90 {
 		t.Fatalf("connack/suback: %x %v", acks, err)
 	}
 
@@ -150,16 +151,4 @@ func TestStalledSubscriberKeepsItsMessages(t *testing.T) {
 	if st := a.Server().Stats(); st.Info.InflightDropped != 0 {
 		t.Fatalf("%d QoS 1 messages dropped", st.Info.InflightDropped)
 	}
-}
-
-func ioReadFull(c net.Conn, b []byte) (int, error) { // io.ReadFull, spelled out to keep conn deadlines in view
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }

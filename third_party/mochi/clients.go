@@ -92,7 +92,10 @@ func (cl *Clients) Delete(id string) {
 func (cl *Clients) GetByListener(id string) []*Client {
 	cl.RLock()
 	defer cl.RUnlock()
-	clients := make([]*Client, 0, cl.Len())
+	// COLONY PATCH P8: upstream called cl.Len() here, a second RLock while
+	// holding one; with a writer (a disconnecting client's Delete) queued in
+	// between, that deadlocks server shutdown.
+	clients := make([]*Client, 0, len(cl.internal))
 	for _, client := range cl.internal {
 		if client.Net.Listener == id && !client.Closed() {
 			clients = append(clients, client)
@@ -173,13 +176,14 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      newOutQueue(int(o.options.Capabilities.MaximumClientWritesPending)),
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
 		},
 		ops: o,
 	}
+	cl.State.outbound = newOutQueue(int(o.options.Capabilities.MaximumClientWritesPending), cl.writeBatch,
+		func() { cl.State.dropWarned.Store(false) })
 
 	if c != nil {
 		cl.Net = ClientConnection{
@@ -192,34 +196,20 @@ func newClient(c net.Conn, o *ops) *Client {
 	return cl
 }
 
-// WriteLoop writes pending outbound messages to the client connection.
-// COLONY PATCH P1: it takes the whole queue at once, so publishers waiting
-// for room are released in batches rather than one packet at a time.
-func (cl *Client) WriteLoop() {
-	q := cl.State.outbound
-	for {
-		select {
-		case <-q.wake:
-			for {
-				batch := q.take()
-				if len(batch) == 0 {
-					q.giveBack(batch)
-					break
-				}
-				for i, pk := range batch {
-					cl.State.writing.Store(int32(len(batch) - i))
-					if err := cl.WritePacket(*pk); err != nil {
-						cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-					}
-				}
-				cl.State.writing.Store(0)
-				q.giveBack(batch)
-			}
-			cl.State.dropWarned.Store(false)
-		case <-cl.State.open.Done():
-			return
+// WriteLoop is kept for API compatibility and returns at once.
+// COLONY PATCH P1: outbound packets are written by a goroutine that the
+// client's queue starts when it gets work and that ends when it is empty.
+func (cl *Client) WriteLoop() {}
+
+// writeBatch writes packets taken from the outbound queue. COLONY PATCH P1.
+func (cl *Client) writeBatch(batch []*packets.Packet) {
+	for i, pk := range batch {
+		cl.State.writing.Store(int32(len(batch) - i))
+		if err := cl.WritePacket(*pk); err != nil {
+			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 		}
 	}
+	cl.State.writing.Store(0)
 }
 
 // ParseConnect parses the connect parameters and properties for a client.

@@ -15,22 +15,38 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// outQueue is safe for concurrent use: publishers push, the client's
-// WriteLoop takes everything queued in one go.
+// outQueue is safe for concurrent use: publishers push, and a writer
+// goroutine, started when the queue gets its first packet and ending when it
+// is empty again, writes everything queued in batches. An idle connection
+// therefore costs no writer goroutine at all.
 type outQueue struct {
-	mu    sync.Mutex
-	items []*packets.Packet
-	spare []*packets.Packet // the slice handed back by the writer, reused
-	limit int
-	wake  chan struct{} // capacity 1: there is work for the writer
-	space chan struct{} // closed when room frees up; nil while nobody waits
+	mu      sync.Mutex
+	items   []*packets.Packet
+	spare   []*packets.Packet // the slice handed back by the writer, reused
+	limit   int
+	running bool          // a writer goroutine is active
+	space   chan struct{} // closed when room frees up; nil while nobody waits
+	write   func([]*packets.Packet)
+	drained func() // called each time the writer empties the queue
 }
 
-func newOutQueue(limit int) *outQueue {
+func newOutQueue(limit int, write func([]*packets.Packet), drained func()) *outQueue {
 	if limit < 1 {
 		limit = 1
 	}
-	return &outQueue{limit: limit, wake: make(chan struct{}, 1)}
+	return &outQueue{limit: limit, write: write, drained: drained}
+}
+
+// run writes batches until the queue is empty.
+func (q *outQueue) run() {
+	for {
+		batch := q.take()
+		if batch == nil {
+			return
+		}
+		q.write(batch)
+		q.giveBack(batch)
+	}
 }
 
 // pushResult says what became of a pushed packet.
@@ -56,13 +72,11 @@ func (q *outQueue) push(pk *packets.Packet, patience time.Duration, done <-chan 
 		q.mu.Lock()
 		if len(q.items) < q.limit {
 			q.items = append(q.items, pk)
-			first := len(q.items) == 1
+			start := !q.running
+			q.running = true
 			q.mu.Unlock()
-			if first {
-				select {
-				case q.wake <- struct{}{}:
-				default:
-				}
+			if start {
+				go q.run()
 			}
 			return pushed
 		}
@@ -89,10 +103,18 @@ func (q *outQueue) push(pk *packets.Packet, patience time.Duration, done <-chan 
 }
 
 // take returns everything queued and empties the queue, waking publishers
-// that wait for room. The caller hands the slice back with giveBack.
+// that wait for room. The caller hands the slice back with giveBack. When
+// nothing is queued it returns nil and the writer must end.
 func (q *outQueue) take() []*packets.Packet {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if len(q.items) == 0 {
+		q.running = false
+		if q.drained != nil {
+			q.drained()
+		}
+		return nil
+	}
 	items := q.items
 	q.items = q.spare[:0]
 	q.spare = nil

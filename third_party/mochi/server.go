@@ -412,8 +412,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
 
-	go cl.WriteLoop()
-	defer cl.Stop(nil)
+	defer cl.Stop(nil) // COLONY PATCH P1: no WriteLoop goroutine; the outbound queue starts its writer on demand
 
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
