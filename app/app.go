@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/rpc"
+	"github.com/colonymq/colony/rpc/amqp"
 	"github.com/colonymq/colony/server"
 	"github.com/colonymq/colony/store"
 )
@@ -37,6 +38,7 @@ type App struct {
 	reg      *rpc.Registry
 	local    *rpc.Local
 	client   *rpc.Client
+	cluster  *amqp.Transport // nil on a single node
 	srv      *server.Server
 	ops      *opsServer
 	startAt  time.Time
@@ -103,7 +105,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 			}
 		}
 	}
-	mods, err := order(enabled)
+	mods, err := order(enabled, a.cfg.Cluster.AMQPURL != "")
 	if err != nil {
 		return err
 	}
@@ -119,11 +121,6 @@ func (a *App) Start(ctx context.Context) (err error) {
 			}
 		}
 	}()
-
-	if a.cfg.Cluster.AMQPURL != "" {
-		a.log.Warn().Str("key", "cluster.amqp_url").
-			Msg("this build has no RabbitMQ transport yet; running as a single node")
-	}
 
 	dbPath := filepath.Join(a.cfg.Node.DataDir, "colony.db")
 	a.db, err = store.Open(dbPath, store.Options{
@@ -171,6 +168,24 @@ func (a *App) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("start module rpc: %w", err)
 	}
 	undo = append(undo, a.local.Stop)
+
+	if c := a.cfg.Cluster; c.AMQPURL != "" {
+		a.cluster, err = amqp.New(amqp.Options{
+			URL: c.AMQPURL, Node: a.cfg.Node.ID, Prefix: c.Prefix, Registry: a.reg, Local: a.local,
+			Prefetch: c.Prefetch, Beat: time.Duration(c.Beat), Version: Version,
+			Logger: a.log.With().Str("component", "cluster").Logger(),
+		})
+		if err != nil {
+			return fmt.Errorf("configure cluster (cluster.amqp_url): %w", err)
+		}
+		// A broker that is down does not stop the node: it serves its local
+		// clients and joins the cluster when RabbitMQ comes back.
+		if err := a.cluster.Start(ctx); err != nil {
+			return fmt.Errorf("start cluster transport: %w", err)
+		}
+		undo = append(undo, a.cluster.Close)
+		a.client.SetRemote(a.cluster)
+	}
 
 	if err := a.srv.Start(); err != nil {
 		return a.listenError(err)
@@ -261,6 +276,13 @@ func (a *App) Stop(ctx context.Context) error {
 	if err := a.srv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop server: %w", err))
 	}
+	if a.cluster != nil {
+		// Before the local transport: remote calls being served here finish
+		// and answer, and peers hear this node leave.
+		if err := a.cluster.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop cluster transport: %w", err))
+		}
+	}
 	if err := a.local.Stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop module rpc: %w", err))
 	}
@@ -308,6 +330,9 @@ func (a *App) Addr(name string) string {
 	}
 	return a.srv.Addr(name)
 }
+
+// Cluster returns the RabbitMQ transport, nil on a single node.
+func (a *App) Cluster() *amqp.Transport { return a.cluster }
 
 // Server returns the MQTT gateway (nil before Start).
 func (a *App) Server() *server.Server { return a.srv }

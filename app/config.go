@@ -113,7 +113,10 @@ type RPCOverride struct {
 
 // ClusterConfig links nodes through RabbitMQ.
 type ClusterConfig struct {
-	AMQPURL string `toml:"amqp_url"` // e.g. "amqp://guest:guest@127.0.0.1:5672/"; default "" (single node)
+	AMQPURL  string   `toml:"amqp_url"` // e.g. "amqp://guest:guest@127.0.0.1:5672/"; default "" (single node)
+	Prefix   string   `toml:"prefix"`   // exchange and queue name prefix; default "colony"
+	Beat     Duration `toml:"beat"`     // presence interval; a node missing 3 beats is gone; default "2s"
+	Prefetch int      `toml:"prefetch"` // remote calls a node takes per module at once; default 256
 }
 
 // ModulesConfig selects the modules this process runs.

@@ -34,7 +34,8 @@ type Module interface {
 
 // Dependent is implemented by modules that must start after others.
 type Dependent interface {
-	// Requires returns the ids of modules this one calls during Start.
+	// Requires returns the ids of modules this one calls during Start. On a
+	// single node they must be enabled; in a cluster they may run elsewhere.
 	Requires() []string
 }
 
@@ -63,8 +64,9 @@ func (Base) Start(context.Context) error { return nil }
 func (Base) Stop(context.Context) error { return nil }
 
 // order sorts modules so that each comes after those it requires; it fails
-// on a missing dependency or a cycle.
-func order(mods []Module) ([]Module, error) {
+// on a cycle, and on a missing dependency unless remote is true (in a
+// cluster, a required module may run on another node).
+func order(mods []Module, remote bool) ([]Module, error) {
 	byID := map[string]Module{}
 	for _, m := range mods {
 		byID[m.ID()] = m
@@ -96,6 +98,9 @@ func order(mods []Module) ([]Module, error) {
 			sort.Strings(reqs)
 			for _, r := range reqs {
 				if _, ok := byID[r]; !ok {
+					if remote {
+						continue
+					}
 					return fmt.Errorf("module %q requires module %q, which is not enabled: %w", id, r, ErrConfig)
 				}
 				if err := visit(r, append(path, id)); err != nil {

@@ -83,6 +83,19 @@ func newMetrics(a *App) *metrics.Set {
 	gauge(`colony_rpc_errors_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Errors) })
 	gauge(`colony_rpc_panics_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Panics) })
 	gauge(`colony_rpc_rejected_total{transport="local"}`, func() float64 { return float64(a.local.Stats().Rejected) })
+	if a.cluster != nil {
+		gauge("colony_cluster_connected", func() float64 {
+			if a.cluster.Connected() {
+				return 1
+			}
+			return 0
+		})
+		gauge("colony_cluster_nodes", func() float64 { return float64(len(a.cluster.Nodes())) })
+		gauge(`colony_rpc_calls_total{transport="amqp"}`, func() float64 { return float64(a.cluster.Stats().Calls) })
+		gauge(`colony_rpc_served_total{transport="amqp"}`, func() float64 { return float64(a.cluster.Stats().Served) })
+		gauge(`colony_rpc_not_found_total{transport="amqp"}`, func() float64 { return float64(a.cluster.Stats().Returned) })
+		gauge("colony_cluster_reconnects_total", func() float64 { return float64(a.cluster.Stats().Reconnects) })
+	}
 	gauge("colony_store_commits_total", func() float64 { return float64(a.db.Stats().Commits) })
 	gauge("colony_store_ops_total", func() float64 { return float64(a.db.Stats().Ops) })
 	gauge("colony_store_pending_ops", func() float64 { return float64(a.db.Stats().Pending) })
