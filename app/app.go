@@ -244,6 +244,7 @@ func (a *App) serverOptions() server.Options {
 			MaxConnections:    c.Limits.MaxConnections,
 			ConnectTimeout:    time.Duration(c.Limits.ConnectTimeout),
 			MaxInflight:       c.Limits.MaxInflight,
+			MaxSessionQueue:   c.Limits.MaxSessionQueue,
 			ReceiveMaximum:    c.Limits.ReceiveMaximum,
 			ClientWriteQueue:  c.Limits.ClientWriteQueue,
 			MaxSessionExpiry:  uint32(time.Duration(c.Limits.MaxSessionExpiry) / time.Second),

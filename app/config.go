@@ -71,7 +71,8 @@ type LimitsConfig struct {
 	MaxPacketSize    uint32   `toml:"max_packet_size"`    // bytes; default 1048576
 	MaxConnections   int64    `toml:"max_connections"`    // default 100000
 	ConnectTimeout   Duration `toml:"connect_timeout"`    // TCP accept to CONNECT; default "10s"
-	MaxInflight      uint16   `toml:"max_inflight"`       // QoS 1/2 messages held per client; default 8192
+	MaxInflight      uint16   `toml:"max_inflight"`       // unacknowledged QoS 1/2 messages per connected client; default 1024
+	MaxSessionQueue  int      `toml:"max_session_queue"`  // QoS 1/2 messages kept for a disconnected persistent session; default 10000
 	ReceiveMaximum   uint16   `toml:"receive_maximum"`    // unacknowledged inbound QoS 1/2 per client; default 1024
 	ClientWriteQueue int32    `toml:"client_write_queue"` // outbound packets queued per client; default 1024
 	MaxSessionExpiry Duration `toml:"max_session_expiry"` // how long a disconnected persistent session is kept; default "168h"

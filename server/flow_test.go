@@ -152,3 +152,39 @@ func TestStalledSubscriberKeepsItsMessages(t *testing.T) {
 		t.Fatalf("%d QoS 1 messages dropped", st.Info.InflightDropped)
 	}
 }
+
+// TestSessionQueueIsNotTheWindow checks that a disconnected persistent
+// session keeps up to max_session_queue messages even when the connected
+// window (max_inflight) is much smaller, and that the excess is counted.
+func TestSessionQueueIsNotTheWindow(t *testing.T) {
+	cfg := apptest.Config(t)
+	cfg.Limits.MaxInflight = 16
+	cfg.Limits.MaxSessionQueue = 200
+	a := apptest.Run(t, cfg)
+	sub := apptest.V3(t, apptest.URL(a), "away", func(o *pahov3.ClientOptions) { o.SetCleanSession(false) })
+	apptest.Done(t, sub.Subscribe("q/#", 1, nil))
+	sub.Disconnect(50)
+
+	pub := apptest.V3(t, apptest.URL(a), "filler")
+	for i := range 250 {
+		apptest.Done(t, pub.Publish("q/x", 1, false, []byte{byte(i >> 8), byte(i)}))
+	}
+	if d := a.Server().Stats().Info.InflightDropped; d != 50 {
+		t.Fatalf("%d messages dropped beyond the session queue, want 50", d)
+	}
+	got := make(chan int, 300)
+	apptest.V3(t, apptest.URL(a), "away", func(o *pahov3.ClientOptions) {
+		o.SetCleanSession(false).SetDefaultPublishHandler(func(_ pahov3.Client, m pahov3.Message) {
+			got <- int(m.Payload()[0])<<8 | int(m.Payload()[1])
+		})
+	})
+	seen := map[int]bool{}
+	for range 200 {
+		seen[apptest.Next(t, got)] = true
+	}
+	for i := range 200 {
+		if !seen[i] {
+			t.Fatalf("message %d of the first 200 missing (got %d distinct)", i, len(seen))
+		}
+	}
+}

@@ -64,7 +64,8 @@ type Limits struct {
 	MaxPacketSize     uint32        // bytes; larger packets close the connection (0x95)
 	MaxConnections    int64         // concurrent clients; more are refused (0x89 / 3)
 	ConnectTimeout    time.Duration // time from TCP accept to CONNECT
-	MaxInflight       uint16        // QoS 1/2 messages held per client
+	MaxInflight       uint16        // unacknowledged QoS 1/2 messages per connected client
+	MaxSessionQueue   int           // QoS 1/2 messages kept for a disconnected persistent session
 	ReceiveMaximum    uint16        // unacknowledged inbound QoS 1/2 per client
 	ClientWriteQueue  int32         // outbound packets queued per client
 	MaxSessionExpiry  uint32        // seconds a disconnected persistent session is kept
@@ -104,7 +105,8 @@ func DefaultLimits() Limits {
 		MaxPacketSize:     1 << 20,
 		MaxConnections:    100_000,
 		ConnectTimeout:    10 * time.Second,
-		MaxInflight:       8192,
+		MaxInflight:       1024,
+		MaxSessionQueue:   10_000,
 		ReceiveMaximum:    1024,
 		ClientWriteQueue:  1024,
 		MaxSessionExpiry:  7 * 24 * 3600,
@@ -121,6 +123,7 @@ func (l *Limits) fill() {
 	orDefault(&l.MaxConnections, d.MaxConnections)
 	orDefault(&l.ConnectTimeout, d.ConnectTimeout)
 	orDefault(&l.MaxInflight, d.MaxInflight)
+	orDefault(&l.MaxSessionQueue, d.MaxSessionQueue)
 	orDefault(&l.ReceiveMaximum, d.ReceiveMaximum)
 	orDefault(&l.ClientWriteQueue, d.ClientWriteQueue)
 	orDefault(&l.MaxSessionExpiry, d.MaxSessionExpiry)
@@ -148,6 +151,7 @@ type Server struct {
 	sessions  *sessions
 	gateway   *gateway
 	inline    *mqtt.Client
+	remote    *mqtt.Client // publishes messages from other nodes (PublishRemote)
 	subID     atomic.Int64
 	started   atomic.Bool
 	closeOnce sync.Once
@@ -166,6 +170,7 @@ func New(opts Options) (*Server, error) {
 	caps.MaximumPacketSize = opts.Limits.MaxPacketSize
 	caps.MaximumClients = opts.Limits.MaxConnections
 	caps.MaximumInflight = opts.Limits.MaxInflight
+	caps.MaximumSessionQueue = opts.Limits.MaxSessionQueue
 	caps.ReceiveMaximum = opts.Limits.ReceiveMaximum
 	caps.MaximumClientWritesPending = opts.Limits.ClientWriteQueue
 	caps.MaximumSessionExpiryInterval = opts.Limits.MaxSessionExpiry
@@ -188,6 +193,9 @@ func New(opts Options) (*Server, error) {
 		SysTopicResendInterval: 10,
 	})
 	s.inline, _ = s.mq.Clients.Get(mqtt.InlineClientId)
+	// Not added to the engine's clients: it never subscribes and has no session.
+	s.remote = s.mq.NewClient(nil, mqtt.LocalListener, ClusterClientID, true)
+	s.remote.Properties.ProtocolVersion = 5 // keeps MQTT 5 properties and message expiry
 
 	ah, err := s.newAuthHook()
 	if err != nil {

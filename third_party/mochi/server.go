@@ -66,6 +66,10 @@ type Capabilities struct {
 	// as stalled: QoS 0 is then dropped (counted) and a QoS 1/2 subscriber is
 	// disconnected, its message kept in-flight for its session. 0 never waits.
 	SlowClientPatience time.Duration `yaml:"-" json:"-"`
+	// COLONY PATCH P9: QoS 1/2 messages kept for a disconnected persistent
+	// session; MaximumInflight is then only the window of a connected
+	// client. 0 means MaximumInflight (upstream behaviour).
+	MaximumSessionQueue int `yaml:"-" json:"-"`
 }
 
 // NewDefaultServerCapabilities defines the default features and capabilities provided by the server.
@@ -1107,12 +1111,12 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		// COLONY PATCH P1: an online client whose in-flight window is full
 		// gets time to acknowledge before anything is given up; an offline
 		// session's queue is full for good (P4: logged once, counted).
-		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) && !s.waitInflight(cl, patience) {
+		if cl.State.Inflight.Len() >= s.inflightLimit(cl) && !s.waitInflight(cl, patience) {
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			cl.ops.hooks.OnPublishDropped(cl, pk)
 			if cl.State.dropWarned.CompareAndSwap(false, true) {
 				s.Log.Warn("client in-flight limit reached; dropping its QoS 1/2 messages until it catches up (logged once)",
-					"client", cl.ID, "listener", cl.Net.Listener, "limit", s.Options.Capabilities.MaximumInflight, "connected", !cl.Closed())
+					"client", cl.ID, "listener", cl.Net.Listener, "limit", s.inflightLimit(cl), "connected", !cl.Closed())
 			}
 			return out, packets.ErrQuotaExceeded
 		}
@@ -1170,6 +1174,15 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	}
 
 	return out, nil
+}
+
+// inflightLimit is how many QoS 1/2 messages a client may hold: its window
+// while connected, its session queue while away. COLONY PATCH P9.
+func (s *Server) inflightLimit(cl *Client) int {
+	if cl.Closed() && s.Options.Capabilities.MaximumSessionQueue > 0 {
+		return s.Options.Capabilities.MaximumSessionQueue
+	}
+	return int(s.Options.Capabilities.MaximumInflight)
 }
 
 // waitInflight waits, at most patience, for a connected client to free
