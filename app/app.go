@@ -14,6 +14,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/rs/zerolog"
 
+	"github.com/colonymq/colony/cluster"
 	"github.com/colonymq/colony/rpc"
 	"github.com/colonymq/colony/rpc/amqp"
 	"github.com/colonymq/colony/server"
@@ -38,7 +39,8 @@ type App struct {
 	reg      *rpc.Registry
 	local    *rpc.Local
 	client   *rpc.Client
-	cluster  *amqp.Transport // nil on a single node
+	cluster  *amqp.Transport     // nil on a single node
+	fed      *cluster.Federation // message federation; nil on a single node
 	srv      *server.Server
 	ops      *opsServer
 	startAt  time.Time
@@ -149,6 +151,17 @@ func (a *App) Start(ctx context.Context) (err error) {
 	})
 	a.client = rpc.NewClient(rpc.ClientOptions{Local: a.local, DefaultTimeout: time.Duration(a.cfg.Limits.RPCTimeout)})
 
+	if c := a.cfg.Cluster; c.AMQPURL != "" {
+		// Before the server: its hook must see every subscription, from
+		// the modules' Init on.
+		a.fed, err = cluster.New(cluster.Options{
+			URL: c.AMQPURL, Node: a.cfg.Node.ID, Prefix: c.Prefix,
+			Logger: a.log.With().Str("component", "cluster").Logger(),
+		})
+		if err != nil {
+			return fmt.Errorf("configure message federation (cluster.amqp_url): %w", err)
+		}
+	}
 	a.srv, err = server.New(a.serverOptions())
 	if err != nil {
 		return fmt.Errorf("configure server: %w", err)
@@ -191,6 +204,16 @@ func (a *App) Start(ctx context.Context) (err error) {
 		return a.listenError(err)
 	}
 	undo = append(undo, a.srv.Shutdown)
+
+	if a.fed != nil {
+		// After the engine has restored stored sessions, whose
+		// subscriptions the federation binds too. Like the RPC transport,
+		// it does not fail when RabbitMQ is down.
+		if err := a.fed.Start(ctx, a.srv); err != nil {
+			return fmt.Errorf("start message federation: %w", err)
+		}
+		undo = append(undo, a.fed.Close)
+	}
 
 	for _, m := range mods {
 		if err := m.Start(ctx); err != nil {
@@ -256,9 +279,19 @@ func (a *App) serverOptions() server.Options {
 		MQANTTopics: c.Gateway.MQANTTopics,
 		RPC:         a.client,
 		Serves:      a.reg.HasModule,
-		Hooks:       []mqtt.Hook{a.db.MQTTHook()},
+		Hooks:       a.hooks(),
 		Logger:      a.log,
 	}
+}
+
+// hooks returns the engine hooks beyond the server's own: the store's and,
+// in a cluster, message federation's.
+func (a *App) hooks() []mqtt.Hook {
+	hs := []mqtt.Hook{a.db.MQTTHook()}
+	if a.fed != nil {
+		hs = append(hs, a.fed.Hook())
+	}
+	return hs
 }
 
 // Stop shuts the node down gracefully: the ops endpoint reports unhealthy,
@@ -276,6 +309,13 @@ func (a *App) Stop(ctx context.Context) error {
 	var errs []error
 	if err := a.srv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop server: %w", err))
+	}
+	if a.fed != nil {
+		// After the server: the wills of the clients it disconnected
+		// still reach the other nodes.
+		if err := a.fed.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop message federation: %w", err))
+		}
 	}
 	if a.cluster != nil {
 		// Before the local transport: remote calls being served here finish
@@ -334,6 +374,9 @@ func (a *App) Addr(name string) string {
 
 // Cluster returns the RabbitMQ transport, nil on a single node.
 func (a *App) Cluster() *amqp.Transport { return a.cluster }
+
+// Federation returns message federation, nil on a single node.
+func (a *App) Federation() *cluster.Federation { return a.fed }
 
 // Server returns the MQTT gateway (nil before Start).
 func (a *App) Server() *server.Server { return a.srv }

@@ -96,6 +96,24 @@ func newMetrics(a *App) *metrics.Set {
 		gauge(`colony_rpc_not_found_total{transport="amqp"}`, func() float64 { return float64(a.cluster.Stats().Returned) })
 		gauge("colony_cluster_reconnects_total", func() float64 { return float64(a.cluster.Stats().Reconnects) })
 	}
+	if f := a.fed; f != nil {
+		gauge("colony_federation_connected", func() float64 {
+			if f.Connected() {
+				return 1
+			}
+			return 0
+		})
+		gauge("colony_federation_messages_out_total", func() float64 { return float64(f.Stats().Out) })
+		gauge("colony_federation_batches_total", func() float64 { return float64(f.Stats().Batches) })
+		gauge("colony_federation_messages_in_total", func() float64 { return float64(f.Stats().In) })
+		gauge("colony_federation_retained_synced_total", func() float64 { return float64(f.Stats().Synced) })
+		gauge(`colony_federation_messages_lost_total{reason="not_sent"}`, func() float64 { return float64(f.Stats().Unsent) })
+		gauge(`colony_federation_messages_lost_total{reason="nack"}`, func() float64 { return float64(f.Stats().Nacked) })
+		gauge("colony_federation_messages_unconfirmed_total", func() float64 { return float64(f.Stats().Unconfirmed) })
+		gauge(`colony_federation_messages_lost_total{reason="refused_locally"}`, func() float64 { return float64(f.Stats().Failed) })
+		gauge("colony_federation_bindings", func() float64 { return float64(f.Stats().Bindings) })
+		gauge("colony_federation_reconnects_total", func() float64 { return float64(f.Stats().Reconnects) })
+	}
 	gauge("colony_store_commits_total", func() float64 { return float64(a.db.Stats().Commits) })
 	gauge("colony_store_ops_total", func() float64 { return float64(a.db.Stats().Ops) })
 	gauge("colony_store_pending_ops", func() float64 { return float64(a.db.Stats().Pending) })
