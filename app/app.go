@@ -257,7 +257,7 @@ func (a *App) listenError(err error) error {
 
 func (a *App) serverOptions() server.Options {
 	c := a.cfg
-	return server.Options{
+	o := server.Options{
 		Node:      c.Node.ID,
 		Listeners: server.Listeners{MQTT: c.Listeners.MQTT, TLS: c.Listeners.TLS, WS: c.Listeners.WS},
 		TLS:       server.TLS{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile, ClientCAFile: c.TLS.ClientCAFile},
@@ -282,6 +282,10 @@ func (a *App) serverOptions() server.Options {
 		Hooks:       a.hooks(),
 		Logger:      a.log,
 	}
+	if a.fed != nil { // never a typed nil in the interface
+		o.Cluster = a.fed
+	}
+	return o
 }
 
 // hooks returns the engine hooks beyond the server's own: the store's and,

@@ -100,6 +100,11 @@ type Options struct {
 	// not federated (counted as unsent) until it confirms again, so a
 	// broker that hangs does not stop local service. Default 5s.
 	PublishPatience time.Duration
+	// TakeoverWait bounds how long a client connecting with a persistent
+	// session waits for another node to hand that session over, and how
+	// long a node waits for the old connection to close when it hands one
+	// over. Default DefaultTakeoverWait.
+	TakeoverWait time.Duration
 	// Logger receives one line per event (connected, connection lost,
 	// blocked), never one per message. The zero value logs nothing.
 	Logger zerolog.Logger
@@ -130,6 +135,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.PublishPatience <= 0 {
 		o.PublishPatience = DefaultPublishPatience
 	}
+	if o.TakeoverWait <= 0 {
+		o.TakeoverWait = DefaultTakeoverWait
+	}
 	if o.Node == "" {
 		return o, fmt.Errorf("%w: node id is required", ErrInvalidOptions)
 	}
@@ -153,6 +161,22 @@ type Broker interface {
 	Subscriptions(fn func(clientID, filter string))
 	// Retained returns the retained messages held on this node.
 	Retained() []packets.Packet
+	// Sessions lists the client sessions the engine holds.
+	Sessions(fn func(cl *mqtt.Client))
+
+	// PushUserLocal, PushClientLocal, KickUserLocal and KickClientLocal
+	// act on this node's connections only.
+	PushUserLocal(userID, topic string, payload []byte, qos byte) (int, error)
+	PushClientLocal(clientID, topic string, payload []byte, qos byte) error
+	KickUserLocal(userID, reason string) int
+	KickClientLocal(clientID, reason string) error
+
+	// HasSession reports whether the engine holds the client's session.
+	HasSession(clientID string) bool
+	// ReleaseSession gives up a client's session for another node.
+	ReleaseSession(ctx context.Context, clientID string, keep bool) (*server.SessionState, error)
+	// AdoptSession installs a session another node released.
+	AdoptSession(st *server.SessionState)
 }
 
 var _ Broker = (*server.Server)(nil)
@@ -181,6 +205,12 @@ type Federation struct {
 	// hook's OnPublish, which runs on the injecting goroutine.
 	incoming atomic.Pointer[incoming]
 
+	// ownersMu guards owners and waiters.
+	ownersMu sync.Mutex
+	owners   map[string]*mqtt.Client              // client id -> engine client whose session is here
+	waiters  map[string]chan *server.SessionState // takeover correlation id -> waiting claim
+	corr     atomic.Uint64
+
 	mu       sync.Mutex // guards started and the closing of life
 	started  bool
 	shut     atomic.Bool
@@ -207,6 +237,8 @@ func New(opts Options) (*Federation, error) {
 		queue:    NodeQueue(opts.Prefix, opts.Node),
 		in:       newInterest(),
 		ret:      newRetainedIndex(),
+		owners:   make(map[string]*mqtt.Client),
+		waiters:  make(map[string]chan *server.SessionState),
 		life:     life,
 		cancel:   cancel,
 		loopDone: make(chan struct{}),
@@ -249,6 +281,7 @@ func (f *Federation) Start(ctx context.Context, b Broker) error {
 	f.in.load(func(add func(subRef)) {
 		b.Subscriptions(func(clientID, filter string) { add(subRef{client: clientID, filter: filter}) })
 	})
+	b.Sessions(f.track)
 	for _, pk := range b.Retained() {
 		if Federated(pk.TopicName) {
 			f.ret.seed(pk.TopicName, f.opts.Node, pk.Created*int64(time.Second))
@@ -513,13 +546,15 @@ type Stats struct {
 	Failed      uint64 // messages from other nodes the local engine refused
 	Malformed   uint64 // deliveries that were not federated messages (dropped)
 	Reconnects  uint64 // connections made by the background loop
+	Takeovers   uint64 // persistent sessions taken over from other nodes
 	Bindings    int    // subscription bindings of the node's queue right now
+	Routes      int    // user and client bindings of the node's queue right now (users connected, sessions held)
 	Filters     int    // distinct binding keys local subscriptions want
 }
 
 type counters struct {
-	out, batches, in, synced, unsent, nacked, unconfirmed, failed, malformed, reconnects atomic.Uint64
-	bindings                                                                             atomic.Int64
+	out, batches, in, synced, unsent, nacked, unconfirmed, failed, malformed, reconnects, takeovers atomic.Uint64
+	bindings, routes                                                                                atomic.Int64
 }
 
 // Stats returns the Federation's counters.
@@ -528,7 +563,7 @@ func (f *Federation) Stats() Stats {
 	return Stats{
 		Out: c.out.Load(), Batches: c.batches.Load(), In: c.in.Load(), Synced: c.synced.Load(), Unsent: c.unsent.Load(),
 		Nacked: c.nacked.Load(), Unconfirmed: c.unconfirmed.Load(), Failed: c.failed.Load(),
-		Malformed: c.malformed.Load(), Reconnects: c.reconnects.Load(),
-		Bindings: int(c.bindings.Load()), Filters: f.in.wanted(),
+		Malformed: c.malformed.Load(), Reconnects: c.reconnects.Load(), Takeovers: c.takeovers.Load(),
+		Bindings: int(c.bindings.Load()), Routes: int(c.routes.Load()), Filters: f.in.wanted(),
 	}
 }

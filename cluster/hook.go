@@ -25,7 +25,8 @@ func (h *hook) ID() string { return "colony-federation" }
 // Provides reports the events the hook handles.
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnClientExpired,
-		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWillSent}, []byte{b})
+		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWillSent,
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect}, []byte{b})
 }
 
 // ref identifies a subscription. The engine's inline client holds every
@@ -80,9 +81,32 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	h.f.in.remove(refs...)
 }
 
+// OnSessionEstablish runs once a connecting client is authenticated and
+// before the engine looks for its session: another node that has a
+// connection or a session with its client id gives it up (and hands a
+// persistent session over), so a client id is connected once in the
+// cluster and finds its session on whichever node it connects to.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	if !cl.Net.Inline {
+		h.f.claim(cl.ID, !pk.Connect.Clean)
+	}
+}
+
+// OnSessionEstablished makes the node reachable by the client's key.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) { h.f.track(cl) }
+
+// OnDisconnect stops listening on the key of a client whose session ends
+// with its connection.
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire {
+		h.f.untrack(cl)
+	}
+}
+
 // OnClientExpired forgets the subscriptions of an expired persistent
-// session, which the engine drops without unsubscribing.
+// session, which the engine drops without unsubscribing, and its key.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
+	h.f.untrack(cl)
 	subs := cl.State.Subscriptions.GetAll()
 	refs := make([]subRef, 0, len(subs))
 	for _, sub := range subs {

@@ -11,6 +11,15 @@ type subRef struct {
 	client string
 	id     int
 	filter string
+	raw    string // a binding key of its own (user or client keys) instead of the filter's
+}
+
+// key returns the binding key the subscription wants.
+func (r subRef) key() (string, bool) {
+	if r.raw != "" {
+		return r.raw, true
+	}
+	return FilterKey(r.filter)
 }
 
 // interest is the set of binding keys this node wants, with the
@@ -47,7 +56,7 @@ func (in *interest) add(refs ...subRef) <-chan struct{} {
 	defer in.mu.Unlock()
 	var wait <-chan struct{}
 	for _, r := range refs {
-		key, ok := FilterKey(r.filter)
+		key, ok := r.key()
 		if !ok {
 			continue
 		}
@@ -72,7 +81,7 @@ func (in *interest) remove(refs ...subRef) {
 	defer in.mu.Unlock()
 	changed := false
 	for _, r := range refs {
-		key, ok := FilterKey(r.filter)
+		key, ok := r.key()
 		if !ok {
 			continue
 		}
@@ -122,11 +131,18 @@ func (in *interest) take(all bool) (map[string]bool, chan struct{}) {
 	return keys, done
 }
 
-// wanted returns the number of distinct binding keys wanted.
+// wanted returns the number of distinct subscription filter keys wanted
+// (user and client keys not included).
 func (in *interest) wanted() int {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return len(in.refs)
+	n := 0
+	for k := range in.refs {
+		if !isIDKey(k) {
+			n++
+		}
+	}
+	return n
 }
 
 // load records the subscriptions fn lists while holding the lock, so that
@@ -135,7 +151,7 @@ func (in *interest) load(fn func(add func(subRef))) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	fn(func(r subRef) {
-		key, ok := FilterKey(r.filter)
+		key, ok := r.key()
 		if !ok {
 			return
 		}

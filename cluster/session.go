@@ -31,6 +31,7 @@ type session struct {
 	tag  string
 
 	bound     map[string]bool // binding keys in place; binder only
+	idKeys    int             // how many of them are user or client keys; binder only
 	blocked   atomic.Bool     // RabbitMQ blocks publishers (resource alarm)
 	published atomic.Uint64   // publishes handed to the channel
 	settled   atomic.Uint64   // publishes RabbitMQ confirmed or refused
@@ -118,9 +119,11 @@ func (s *session) open() error {
 		return fmt.Errorf("confirm mode: %w", err)
 	}
 	confirms := s.pub.NotifyPublish(make(chan amqp091.Confirmation, 4096))
-	s.bg.Add(2)
+	returns := s.pub.NotifyReturn(make(chan amqp091.Return, 16))
+	s.bg.Add(3)
 	go s.count(confirms)
 	go s.send()
+	go s.returned(returns)
 
 	if s.cons, err = s.channel("consume"); err != nil {
 		return err
@@ -295,7 +298,10 @@ func (s *session) binder() {
 // apply binds the wanted keys and unbinds the others.
 func (s *session) apply(keys map[string]bool) error {
 	f := s.f
-	defer func() { f.stats.bindings.Store(int64(len(s.bound))) }()
+	defer func() {
+		f.stats.bindings.Store(int64(len(s.bound) - s.idKeys))
+		f.stats.routes.Store(int64(s.idKeys))
+	}()
 	for key, want := range keys {
 		switch {
 		case want && !s.bound[key]:
@@ -303,11 +309,17 @@ func (s *session) apply(keys map[string]bool) error {
 				return fmt.Errorf("bind %s: %w", key, err)
 			}
 			s.bound[key] = true
+			if isIDKey(key) {
+				s.idKeys++
+			}
 		case !want && s.bound[key]:
 			if err := s.ctl.QueueUnbind(f.queue, key, f.msgEx, nil); err != nil {
 				return fmt.Errorf("unbind %s: %w", key, err)
 			}
 			delete(s.bound, key)
+			if isIDKey(key) {
+				s.idKeys--
+			}
 		}
 	}
 	return nil
@@ -360,6 +372,9 @@ func (s *session) consume(deliveries <-chan amqp091.Delivery) {
 // handle dispatches one delivery.
 func (s *session) handle(d *amqp091.Delivery) {
 	f := s.f
+	if s.control(d) {
+		return
+	}
 	m, err := decode(d)
 	if err != nil {
 		f.stats.malformed.Add(1)

@@ -1,9 +1,12 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"fmt"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -63,4 +66,98 @@ func (s *Server) Retained() []packets.Packet {
 		out = append(out, pk.Copy(false))
 	}
 	return out
+}
+
+// Cluster is what the gateway needs from the other nodes of a cluster to
+// reach users and clients connected there. Message federation implements
+// it. Every method returns at once: the work goes out asynchronously.
+type Cluster interface {
+	// UserPresent reports that a user got its first connection on this
+	// node (true) or lost its last one (false), so that pushes and kicks
+	// for the user reach this node. It is called with the sessions lock
+	// held and must not call back into the Server.
+	UserPresent(userID string, present bool)
+	// PushUser sends a push to the user's connections on the other nodes.
+	PushUser(userID, topic string, payload []byte, qos byte)
+	// PushClient sends a push to the client on whichever other node has it.
+	PushClient(clientID, topic string, payload []byte, qos byte)
+	// KickUser disconnects the user's connections on the other nodes.
+	KickUser(userID, reason string)
+	// KickClient disconnects the client on whichever other node has it.
+	KickClient(clientID, reason string)
+}
+
+// SessionState is a persistent session on its way from one node to
+// another: the records the store keeps for it.
+type SessionState struct {
+	Client        storage.Client         `json:"client"`
+	Subscriptions []storage.Subscription `json:"subscriptions"`
+	Inflight      []storage.Message      `json:"inflight"`
+}
+
+// HasSession reports whether the engine holds a session for the client id
+// here, connected or not.
+func (s *Server) HasSession(clientID string) bool {
+	cl, ok := s.mq.Clients.Get(clientID)
+	return ok && !cl.Net.Inline
+}
+
+// ReleaseSession hands over the session of a client that connected to
+// another node: a connection here is closed (MQTT 5 reason 0x8E, session
+// taken over) and, once the engine has finished with it, the session is
+// removed from this node (store included). With keep it is returned, for
+// the other node to adopt; nil when this node has no session for the id.
+// ctx bounds the wait for the old connection to end.
+func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool) (*SessionState, error) {
+	cl, ok := s.mq.Clients.Get(clientID)
+	if !ok || cl.Net.Inline {
+		return nil, nil
+	}
+	s.sessions.mu.RLock()
+	c, live := s.sessions.conns[clientID]
+	s.sessions.mu.RUnlock()
+	if live && c.cl == cl {
+		s.log.Info().Str("client", clientID).Msg("session taken over by another node")
+		if err := s.mq.DisconnectClient(cl, packets.ErrSessionTakenOver); err != nil && !errors.Is(err, packets.ErrSessionTakenOver) {
+			s.log.Debug().Err(err).Str("client", clientID).Msg("disconnect for takeover")
+		}
+		select {
+		case <-c.gone:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("release session %q: old connection still closing: %w", clientID, ctx.Err())
+		}
+	}
+	p := cl.Properties
+	if (p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0) || (p.ProtocolVersion < 5 && p.Clean) {
+		return nil, nil // a clean session ends with its connection; the engine drops it
+	}
+	if cur, ok := s.mq.Clients.Get(clientID); !ok || cur != cl {
+		return nil, nil // a newer local connection took it meanwhile
+	}
+	rec, subs, msgs := s.mq.ReleaseSession(cl)
+	if !keep {
+		return nil, nil
+	}
+	return &SessionState{Client: rec, Subscriptions: subs, Inflight: msgs}, nil
+}
+
+// AdoptSession installs a session another node released, for the client
+// about to connect here with its id: the engine treats it like a session
+// restored from the store (CONNACK session present, queued messages
+// resent), and the store keeps it from now on.
+func (s *Server) AdoptSession(st *SessionState) {
+	if st == nil || st.Client.ID == "" || s.HasSession(st.Client.ID) {
+		return
+	}
+	s.mq.AdoptSession(st.Client, st.Subscriptions, st.Inflight)
+}
+
+// Sessions calls fn for every client session the engine holds, connected
+// or not (restored persistent sessions included).
+func (s *Server) Sessions(fn func(cl *mqtt.Client)) {
+	for _, cl := range s.mq.Clients.GetAll() {
+		if !cl.Net.Inline {
+			fn(cl)
+		}
+	}
 }

@@ -94,6 +94,9 @@ type Options struct {
 	RPC *rpc.Client
 	// Serves reports whether a module exists, for mqant-style topics; nil: none.
 	Serves func(module string) bool
+	// Cluster reaches users and clients connected to other nodes; nil on a
+	// single node. Pushes, kicks and single login then span the cluster.
+	Cluster Cluster
 	// Hooks are added to the engine after Colony's own (e.g. the store hook).
 	Hooks  []mqtt.Hook
 	Logger zerolog.Logger

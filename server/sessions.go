@@ -54,6 +54,7 @@ type conn struct {
 	cl     *mqtt.Client
 	user   string
 	values map[string]any
+	gone   chan struct{} // closed once the engine has reported the disconnect
 }
 
 // sessions binds connections to user ids and keeps per-session values. It is
@@ -83,7 +84,7 @@ func (h *sessions) Provides(b byte) bool {
 }
 
 func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	c := &conn{cl: cl, values: map[string]any{}}
+	c := &conn{cl: cl, values: map[string]any{}, gone: make(chan struct{})}
 	h.mu.Lock()
 	if old, ok := h.conns[cl.ID]; ok {
 		h.unbindLocked(old)
@@ -114,6 +115,7 @@ func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	user := c.user
 	h.unbindLocked(c)
 	h.mu.Unlock()
+	close(c.gone)
 	h.emit(Disconnected, cl, user)
 }
 
@@ -126,6 +128,9 @@ func (h *sessions) unbindLocked(c *conn) {
 		h.bound.Add(-1)
 		if len(m) == 0 {
 			delete(h.users, c.user)
+			if h.s.opts.Cluster != nil {
+				h.s.opts.Cluster.UserPresent(c.user, false)
+			}
 		}
 	}
 	// c.user stays: a connection on its way out still reports who it was.
@@ -154,6 +159,9 @@ func (h *sessions) bind(clientID, user string) error {
 		if m == nil {
 			m = map[string]*conn{}
 			h.users[user] = m
+			if h.s.opts.Cluster != nil {
+				h.s.opts.Cluster.UserPresent(user, true)
+			}
 		}
 		m[clientID] = c
 		c.user = user
@@ -161,13 +169,19 @@ func (h *sessions) bind(clientID, user string) error {
 	}
 	h.mu.Unlock()
 	for _, o := range others {
-		h.s.kick(o, "logged in on another connection")
+		h.s.kick(o, reasonSingleLogin)
+	}
+	if h.s.opts.SingleLogin && user != "" && h.s.opts.Cluster != nil {
+		h.s.opts.Cluster.KickUser(user, reasonSingleLogin)
 	}
 	if user != "" {
 		h.emit(UserBound, c.cl, user)
 	}
 	return nil
 }
+
+// reasonSingleLogin is the disconnect reason of a user's older connections.
+const reasonSingleLogin = "logged in on another connection"
 
 func (h *sessions) emit(kind EventKind, cl *mqtt.Client, user string) {
 	h.mu.RLock()
@@ -263,8 +277,21 @@ func (s *Server) Value(clientID, key string) (any, bool) {
 }
 
 // PushClient sends a message to one connected client alone, whatever its
-// subscriptions. QoS above 1 is sent as 1.
+// subscriptions. QoS above 1 is sent as 1. In a cluster, a client not
+// connected here gets it on whichever node it is connected to (nil error:
+// the push went out; delivery is not confirmed).
 func (s *Server) PushClient(clientID, topic string, payload []byte, qos byte) error {
+	err := s.PushClientLocal(clientID, topic, payload, qos)
+	if errors.Is(err, ErrNoClient) && s.opts.Cluster != nil {
+		s.opts.Cluster.PushClient(clientID, topic, payload, qos)
+		return nil
+	}
+	return err
+}
+
+// PushClientLocal is PushClient for this node's connections only; message
+// federation uses it for pushes from other nodes.
+func (s *Server) PushClientLocal(clientID, topic string, payload []byte, qos byte) error {
 	s.sessions.mu.RLock()
 	c, ok := s.sessions.conns[clientID]
 	s.sessions.mu.RUnlock()
@@ -276,16 +303,22 @@ func (s *Server) PushClient(clientID, topic string, payload []byte, qos byte) er
 }
 
 // PushUser sends a message to every open connection of a user and returns
-// how many connections it was written to.
+// how many connections on this node it was written to. In a cluster it
+// also goes to every other node where the user is connected.
 func (s *Server) PushUser(userID, topic string, payload []byte, qos byte) (int, error) {
-	s.sessions.mu.RLock()
-	cls := make([]*mqtt.Client, 0, len(s.sessions.users[userID]))
-	for _, c := range s.sessions.users[userID] {
-		cls = append(cls, c.cl)
+	if s.opts.Cluster != nil {
+		s.opts.Cluster.PushUser(userID, topic, payload, qos)
 	}
-	s.sessions.mu.RUnlock()
+	return s.PushUserLocal(userID, topic, payload, qos)
+}
+
+// PushUserLocal is PushUser for this node's connections only.
+func (s *Server) PushUserLocal(userID, topic string, payload []byte, qos byte) (int, error) {
+	cls := s.connsOf(userID)
 	if len(cls) == 0 {
-		s.sessions.dropped.Add(1)
+		if s.opts.Cluster == nil {
+			s.sessions.dropped.Add(1)
+		}
 		return 0, nil
 	}
 	n := 0
@@ -301,8 +334,20 @@ func (s *Server) PushUser(userID, topic string, payload []byte, qos byte) (int, 
 	return n, errors.Join(errs...)
 }
 
-// KickClient disconnects a client (MQTT 5: reason 0x98 administrative action, with reason as text).
+// KickClient disconnects a client (MQTT 5: reason 0x98 administrative
+// action, with reason as text). In a cluster, a client not connected here
+// is disconnected on whichever node it is connected to.
 func (s *Server) KickClient(clientID, reason string) error {
+	err := s.KickClientLocal(clientID, reason)
+	if errors.Is(err, ErrNoClient) && s.opts.Cluster != nil {
+		s.opts.Cluster.KickClient(clientID, reason)
+		return nil
+	}
+	return err
+}
+
+// KickClientLocal is KickClient for this node's connections only.
+func (s *Server) KickClientLocal(clientID, reason string) error {
 	s.sessions.mu.RLock()
 	c, ok := s.sessions.conns[clientID]
 	s.sessions.mu.RUnlock()
@@ -313,18 +358,33 @@ func (s *Server) KickClient(clientID, reason string) error {
 	return nil
 }
 
-// KickUser disconnects every connection of a user and returns how many there were.
+// KickUser disconnects every connection of a user, in a cluster on every
+// node, and returns how many there were on this node.
 func (s *Server) KickUser(userID, reason string) int {
-	s.sessions.mu.RLock()
-	cls := make([]*mqtt.Client, 0, len(s.sessions.users[userID]))
-	for _, c := range s.sessions.users[userID] {
-		cls = append(cls, c.cl)
+	if s.opts.Cluster != nil {
+		s.opts.Cluster.KickUser(userID, reason)
 	}
-	s.sessions.mu.RUnlock()
+	return s.KickUserLocal(userID, reason)
+}
+
+// KickUserLocal is KickUser for this node's connections only.
+func (s *Server) KickUserLocal(userID, reason string) int {
+	cls := s.connsOf(userID)
 	for _, cl := range cls {
 		s.kick(cl, reason)
 	}
 	return len(cls)
+}
+
+// connsOf returns the open connections of a user on this node.
+func (s *Server) connsOf(userID string) []*mqtt.Client {
+	s.sessions.mu.RLock()
+	defer s.sessions.mu.RUnlock()
+	cls := make([]*mqtt.Client, 0, len(s.sessions.users[userID]))
+	for _, c := range s.sessions.users[userID] {
+		cls = append(cls, c.cl)
+	}
+	return cls
 }
 
 func (s *Server) kick(cl *mqtt.Client, reason string) {

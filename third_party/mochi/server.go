@@ -1194,7 +1194,11 @@ func (s *Server) waitInflight(cl *Client, patience time.Duration) bool {
 	deadline := time.Now().Add(patience)
 	pause := 100 * time.Microsecond
 	for cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
-		if cl.Closed() || time.Now().After(deadline) {
+		if cl.Closed() {
+			// Gone while we waited: its session queue decides now (P9).
+			return cl.State.Inflight.Len() < s.inflightLimit(cl)
+		}
+		if time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(pause)

@@ -1,0 +1,151 @@
+// COLONY PATCH P10: persistent sessions move between cluster nodes.
+//
+// A node hands a session over with ReleaseSession and the node the client
+// reconnected to installs it with AdoptSession, in the same records the
+// storage hooks keep, so both sides use the restore-from-storage path the
+// engine already has.
+
+package mqtt
+
+import (
+	"sync/atomic"
+
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// ReleaseSession removes a disconnected client's session from the engine
+// and returns it: its client record, subscriptions and in-flight messages
+// (those queued while it was away included). Hooks see the subscriptions
+// end (OnUnsubscribed), the messages dropped (OnQosDropped) and the
+// session expire (OnClientExpired), so storage forgets it. The
+// subscriptions are removed first, so no message is routed to the session
+// after its in-flight set is read.
+func (s *Server) ReleaseSession(cl *Client) (storage.Client, []storage.Subscription, []storage.Message) {
+	subs := cl.State.Subscriptions.GetAll()
+	s.UnsubscribeClient(cl)
+	inflight := cl.State.Inflight.GetAll(false)
+	cl.ClearInflights()
+	s.Clients.Delete(cl.ID)
+	s.hooks.OnClientExpired(cl)
+
+	rec := storage.Client{
+		ID:              cl.ID,
+		T:               storage.ClientKey,
+		Remote:          cl.Net.Remote,
+		Listener:        cl.Net.Listener,
+		Username:        cl.Properties.Username,
+		Clean:           cl.Properties.Clean,
+		ProtocolVersion: cl.Properties.ProtocolVersion,
+		Properties: storage.ClientProperties{
+			SessionExpiryInterval:     cl.Properties.Props.SessionExpiryInterval,
+			SessionExpiryIntervalFlag: cl.Properties.Props.SessionExpiryIntervalFlag,
+			AuthenticationMethod:      cl.Properties.Props.AuthenticationMethod,
+			AuthenticationData:        cl.Properties.Props.AuthenticationData,
+			RequestProblemInfoFlag:    cl.Properties.Props.RequestProblemInfoFlag,
+			RequestProblemInfo:        cl.Properties.Props.RequestProblemInfo,
+			RequestResponseInfo:       cl.Properties.Props.RequestResponseInfo,
+			ReceiveMaximum:            cl.Properties.Props.ReceiveMaximum,
+			TopicAliasMaximum:         cl.Properties.Props.TopicAliasMaximum,
+			User:                      cl.Properties.Props.User,
+			MaximumPacketSize:         cl.Properties.Props.MaximumPacketSize,
+		},
+		Will: storage.ClientWill(cl.Properties.Will),
+	}
+	subRecs := make([]storage.Subscription, 0, len(subs))
+	for _, sub := range subs {
+		subRecs = append(subRecs, storage.Subscription{
+			T:                 storage.SubscriptionKey,
+			ID:                cl.ID + ":" + sub.Filter,
+			Client:            cl.ID,
+			Filter:            sub.Filter,
+			Identifier:        sub.Identifier,
+			RetainHandling:    sub.RetainHandling,
+			Qos:               sub.Qos,
+			RetainAsPublished: sub.RetainAsPublished,
+			NoLocal:           sub.NoLocal,
+		})
+	}
+	msgs := make([]storage.Message, 0, len(inflight))
+	for _, pk := range inflight {
+		msgs = append(msgs, storage.Message{
+			T:           storage.InflightKey,
+			Client:      cl.ID,
+			Origin:      pk.Origin,
+			TopicName:   pk.TopicName,
+			Payload:     pk.Payload,
+			FixedHeader: pk.FixedHeader,
+			Created:     pk.Created,
+			PacketID:    pk.PacketID,
+			Properties: storage.MessageProperties{
+				PayloadFormat:          pk.Properties.PayloadFormat,
+				PayloadFormatFlag:      pk.Properties.PayloadFormatFlag,
+				MessageExpiryInterval:  pk.Properties.MessageExpiryInterval,
+				ContentType:            pk.Properties.ContentType,
+				ResponseTopic:          pk.Properties.ResponseTopic,
+				CorrelationData:        pk.Properties.CorrelationData,
+				SubscriptionIdentifier: pk.Properties.SubscriptionIdentifier,
+				TopicAlias:             pk.Properties.TopicAlias,
+				User:                   pk.Properties.User,
+			},
+		})
+	}
+	return rec, subRecs, msgs
+}
+
+// AdoptSession installs a session another node released as a disconnected
+// client, as if restored from storage, so that the connection about to
+// attach with its id inherits it (session present). Hooks are told of its
+// subscriptions (OnSubscribed) and in-flight messages (OnQosPublish) so
+// that storage keeps them here from now on.
+func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msgs []storage.Message) {
+	cl := s.NewClient(nil, c.Listener, c.ID, false)
+	cl.Properties.Username = c.Username
+	cl.Properties.Clean = c.Clean
+	cl.Properties.ProtocolVersion = c.ProtocolVersion
+	cl.Properties.Props = packets.Properties{
+		SessionExpiryInterval:     c.Properties.SessionExpiryInterval,
+		SessionExpiryIntervalFlag: c.Properties.SessionExpiryIntervalFlag,
+		AuthenticationMethod:      c.Properties.AuthenticationMethod,
+		AuthenticationData:        c.Properties.AuthenticationData,
+		RequestProblemInfoFlag:    c.Properties.RequestProblemInfoFlag,
+		RequestProblemInfo:        c.Properties.RequestProblemInfo,
+		RequestResponseInfo:       c.Properties.RequestResponseInfo,
+		ReceiveMaximum:            c.Properties.ReceiveMaximum,
+		TopicAliasMaximum:         c.Properties.TopicAliasMaximum,
+		User:                      c.Properties.User,
+		MaximumPacketSize:         c.Properties.MaximumPacketSize,
+	}
+	cl.Properties.Will = Will(c.Will)
+	cl.Stop(packets.ErrSessionTakenOver)
+	s.Clients.Add(cl)
+
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}}
+	codes := make([]byte, 0, len(subs))
+	for _, sub := range subs {
+		sb := packets.Subscription{
+			Filter:            sub.Filter,
+			RetainHandling:    sub.RetainHandling,
+			Qos:               sub.Qos,
+			RetainAsPublished: sub.RetainAsPublished,
+			NoLocal:           sub.NoLocal,
+			Identifier:        sub.Identifier,
+		}
+		if s.Topics.Subscribe(cl.ID, sb) {
+			atomic.AddInt64(&s.Info.Subscriptions, 1)
+		}
+		cl.State.Subscriptions.Add(sb.Filter, sb)
+		pk.Filters = append(pk.Filters, sb)
+		codes = append(codes, sb.Qos)
+	}
+	if len(pk.Filters) > 0 {
+		s.hooks.OnSubscribed(cl, pk, codes)
+	}
+	for _, msg := range msgs {
+		mp := msg.ToPacket()
+		if cl.State.Inflight.Set(mp) {
+			atomic.AddInt64(&s.Info.Inflight, 1)
+		}
+		s.hooks.OnQosPublish(cl, mp, mp.Created, 0)
+	}
+}
