@@ -156,7 +156,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		// the modules' Init on.
 		a.fed, err = cluster.New(cluster.Options{
 			URL: c.AMQPURL, Node: a.cfg.Node.ID, Prefix: c.Prefix,
-			Logger: a.log.With().Str("component", "cluster").Logger(),
+			Logger: a.log,
 		})
 		if err != nil {
 			return fmt.Errorf("configure message federation (cluster.amqp_url): %w", err)
@@ -186,7 +186,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		a.cluster, err = amqp.New(amqp.Options{
 			URL: c.AMQPURL, Node: a.cfg.Node.ID, Prefix: c.Prefix, Registry: a.reg, Local: a.local,
 			Prefetch: c.Prefetch, Beat: time.Duration(c.Beat), Version: Version,
-			Logger: a.log.With().Str("component", "cluster").Logger(),
+			Logger: a.log,
 		})
 		if err != nil {
 			return fmt.Errorf("configure cluster (cluster.amqp_url): %w", err)

@@ -103,6 +103,42 @@
 // memory only: a clear made while a node was away reaches it when it
 // rejoins only if a node that saw the clear is still running.
 //
+// # Users and sessions
+//
+// Federation also implements server.Cluster, so that the gateway's
+// PushUser, PushClient, KickUser, KickClient and single login reach the
+// whole cluster. The node's queue is bound on colony.msg with
+// "user.<uid>" while the user has a connection on the node and with
+// "client.<cid>" while the node holds the client's session (connected or
+// persistent and away), ids escaped like topic levels. Control messages
+// carry headers origin and type:
+//
+//	push      key user.<uid> or client.<cid>; headers user or client, topic, qos;
+//	          body the payload. Each receiving node pushes to its own connections.
+//	kick      key user.<uid> or client.<cid>; headers user or client, reason.
+//	takeover  key client.<cid>, mandatory; header client; with clean=true the
+//	          holder drops the session (a clean start elsewhere), else reply_to
+//	          and correlation_id ask it to hand the session over.
+//	session   the answer, sent to the asker's queue through the default
+//	          exchange with the correlation_id: the session as JSON (client,
+//	          subscriptions, inflight: the records the store keeps), or an
+//	          empty body when the node had none to give.
+//
+// When a client connects (after authentication, before the engine looks
+// for its session) to a node that does not hold its session, the node
+// publishes a takeover. Nobody holds it: RabbitMQ returns the unroutable
+// message at once and the client starts fresh. A node holds it: that
+// node closes the client's connection there (MQTT 5 reason 0x8E, session
+// taken over), removes the session (subscriptions first, so nothing more
+// is routed to it, then the queued messages) and sends it; the new node
+// installs it as if restored from its store, binds its filters, and only
+// then answers CONNACK with session present, then resends the queued
+// messages in order. The connecting client waits at most
+// Options.TakeoverWait for the answer. Messages published on a third
+// node between the old node's unbinding and the new node's binding (a
+// few milliseconds) miss the session, and a client that reconnects
+// elsewhere before its first node has bound its key is not found there.
+//
 // # Guarantees
 //
 // Messages between two nodes keep the order of each publisher. A message

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +13,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 
+	"github.com/colonymq/colony/internal/amqpconn"
 	"github.com/colonymq/colony/server"
 )
 
@@ -52,13 +51,6 @@ const (
 	// DefaultPublishPatience is how long a publisher waits for room in
 	// the window.
 	DefaultPublishPatience = 5 * time.Second
-)
-
-// Reconnection backoff: the first retry comes after about minBackoff, each
-// failed attempt doubles the wait up to maxBackoff, every wait jittered.
-const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
 )
 
 // ackBatch is how many deliveries are acknowledged with one basic.ack at
@@ -356,10 +348,10 @@ func (f *Federation) joined(s *session) {
 // jittered exponential backoff.
 func (f *Federation) run(s *session) {
 	defer close(f.loopDone)
-	backoff := minBackoff
+	var backoff amqpconn.Backoff
 	for {
 		if s == nil {
-			if !f.sleep(backoff) {
+			if !backoff.Sleep(f.life) {
 				return
 			}
 			var err error
@@ -368,11 +360,10 @@ func (f *Federation) run(s *session) {
 				if f.life.Err() != nil {
 					return
 				}
-				backoff = min(2*backoff, maxBackoff)
-				f.log.Warn().Err(err).Dur("retry_in", backoff).Msg("federation: connect to rabbitmq failed")
+				f.log.Warn().Err(err).Dur("retry_in", backoff.Failed()).Msg("federation: connect to rabbitmq failed")
 				continue
 			}
-			backoff = minBackoff
+			backoff.Reset()
 			f.stats.reconnects.Add(1)
 			f.joined(s)
 		}
@@ -388,42 +379,11 @@ func (f *Federation) run(s *session) {
 	}
 }
 
-// sleep waits about d, jittered to between d/2 and d, and reports false if
-// the Federation was closed meanwhile.
-func (f *Federation) sleep(d time.Duration) bool {
-	d = d/2 + rand.N(d/2+1)
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return true
-	case <-f.life.Done():
-		return false
-	}
-}
-
 // connect opens a connection and a session on it.
 func (f *Federation) connect(ctx context.Context) (*session, error) {
-	cfg := amqp091.Config{
-		Properties: amqp091.NewConnectionProperties(),
-		Dial: func(network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: f.opts.ConnectTimeout}
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			// Bounds the AMQP handshake; amqp091 clears it once open.
-			if err := c.SetDeadline(time.Now().Add(f.opts.ConnectTimeout)); err != nil {
-				return nil, errors.Join(err, c.Close())
-			}
-			return c, nil
-		},
-	}
-	// The name shows in rabbitmqctl and lets tests close exactly their own connections.
-	cfg.Properties.SetClientConnectionName(f.connName)
-	conn, err := amqp091.DialConfig(f.opts.URL, cfg)
+	conn, err := amqpconn.Dial(ctx, f.opts.URL, f.connName, f.opts.ConnectTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", redact(f.opts.URL), err)
+		return nil, err
 	}
 	s := newSession(f, conn)
 	if err := s.open(); err != nil {
@@ -431,16 +391,6 @@ func (f *Federation) connect(ctx context.Context) (*session, error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-// redact hides the password of an AMQP URL for logs and errors.
-func redact(url string) string {
-	u, err := amqp091.ParseURI(url)
-	if err != nil {
-		return "(invalid url)"
-	}
-	u.Password = "xxx"
-	return u.String()
 }
 
 // incoming is a retained message on its way into the local engine.

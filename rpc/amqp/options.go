@@ -37,14 +37,6 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 )
 
-// Reconnection backoff: the first retry comes after about minBackoff, each
-// failed attempt doubles the wait up to maxBackoff, and every wait is
-// jittered so that nodes cut off together do not reconnect in lockstep.
-const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
-)
-
 // Options configures a Transport. New applies the defaults to zero fields;
 // the Transport keeps its own copy.
 type Options struct {

@@ -2,17 +2,14 @@ package amqp
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 
+	"github.com/colonymq/colony/internal/amqpconn"
 	"github.com/colonymq/colony/rpc"
 )
 
@@ -157,10 +154,10 @@ func (t *Transport) halt() bool {
 // if any, for Close to shut down gracefully.
 func (t *Transport) run(s *session) {
 	defer close(t.loopDone)
-	backoff := minBackoff
+	var backoff amqpconn.Backoff
 	for {
 		if s == nil {
-			if !t.sleep(backoff) {
+			if !backoff.Sleep(t.life) {
 				return
 			}
 			var err error
@@ -169,11 +166,10 @@ func (t *Transport) run(s *session) {
 				if t.life.Err() != nil {
 					return
 				}
-				backoff = min(2*backoff, maxBackoff)
-				t.log.Warn().Err(err).Dur("retry_in", backoff).Msg("connect to rabbitmq failed")
+				t.log.Warn().Err(err).Dur("retry_in", backoff.Failed()).Msg("connect to rabbitmq failed")
 				continue
 			}
-			backoff = minBackoff
+			backoff.Reset()
 			t.stats.reconnects.Add(1)
 			t.sess.Store(s)
 			t.log.Info().Strs("modules", s.modules).Msg("connected to rabbitmq")
@@ -190,32 +186,11 @@ func (t *Transport) run(s *session) {
 	}
 }
 
-// sleep waits about d, jittered to between d/2 and d, and reports false if
-// the transport was closed meanwhile.
-func (t *Transport) sleep(d time.Duration) bool {
-	d = d/2 + rand.N(d/2+1)
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return true
-	case <-t.life.Done():
-		return false
-	}
-}
-
 // connect opens a connection and a session on it.
 func (t *Transport) connect(ctx context.Context) (*session, error) {
-	cfg := amqp091.Config{
-		Properties: amqp091.NewConnectionProperties(),
-		Dial:       t.dialer(ctx),
-	}
-	// The name shows in the management UI and rabbitmqctl, and lets tests
-	// close exactly their own connections.
-	cfg.Properties.SetClientConnectionName(t.connName)
-	conn, err := amqp091.DialConfig(t.opts.URL, cfg)
+	conn, err := amqpconn.Dial(ctx, t.opts.URL, t.connName, t.opts.ConnectTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", redact(t.opts.URL), err)
+		return nil, err
 	}
 	s := newSession(t, conn)
 	if err := s.open(); err != nil {
@@ -226,34 +201,6 @@ func (t *Transport) connect(ctx context.Context) (*session, error) {
 	// each of them a fresh 3 beats before counting it gone.
 	t.peers.refresh(time.Now())
 	return s, nil
-}
-
-// dialer returns the TCP dial function of one connection attempt: it gives
-// up when ctx ends, and bounds the AMQP handshake that follows as
-// amqp091.DefaultDial does (the deadline is cleared once the connection is
-// open).
-func (t *Transport) dialer(ctx context.Context) func(network, addr string) (net.Conn, error) {
-	return func(network, addr string) (net.Conn, error) {
-		d := net.Dialer{Timeout: t.opts.ConnectTimeout}
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.SetDeadline(time.Now().Add(t.opts.ConnectTimeout)); err != nil {
-			return nil, errors.Join(err, c.Close())
-		}
-		return c, nil
-	}
-}
-
-// redact hides the password of an AMQP URL for logs and errors.
-func redact(url string) string {
-	u, err := amqp091.ParseURI(url)
-	if err != nil {
-		return "(invalid url)"
-	}
-	u.Password = "xxx"
-	return u.String()
 }
 
 // Stats counts what a Transport did since it was created.
