@@ -2,8 +2,6 @@ package app_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"testing"
@@ -31,11 +29,7 @@ func clusterNode(t *testing.T, url, prefix, id string, mods ...app.Module) *app.
 // unchanged, over RabbitMQ.
 func TestModuleOnAnotherNode(t *testing.T) {
 	url := amqptest.URL(t)
-	b := make([]byte, 6)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	prefix := "colonytest" + hex.EncodeToString(b)
+	prefix := amqptest.Prefix(t, url)
 	nodeA := clusterNode(t, url, prefix, "a", &back{release: make(chan struct{}), ran: &counter{}})
 	nodeB := clusterNode(t, url, prefix, "b", &front{})
 

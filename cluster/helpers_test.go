@@ -1,8 +1,6 @@
 package cluster_test
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -11,13 +9,10 @@ import (
 	"time"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
-	"github.com/colonymq/colony/cluster"
 	"github.com/colonymq/colony/internal/amqptest"
-	"github.com/colonymq/colony/rpc/amqp"
 )
 
 // testCluster is a private cluster: a random prefix on the shared broker,
@@ -32,15 +27,7 @@ type testCluster struct {
 func newCluster(t testing.TB) *testCluster {
 	t.Helper()
 	url := amqptest.URL(t)
-	b := make([]byte, 6)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	c := &testCluster{t: t, url: url, prefix: "colonytest-" + hex.EncodeToString(b)}
-	t.Cleanup(func() {
-		deleteExchanges(t, url, cluster.MessageExchange(c.prefix), cluster.RetainedExchange(c.prefix),
-			amqp.RPCExchange(c.prefix), amqp.PresenceExchange(c.prefix))
-	})
+	c := &testCluster{t: t, url: url, prefix: amqptest.Prefix(t, url)}
 	return c
 }
 
@@ -55,30 +42,6 @@ func (c *testCluster) config(id string) app.Config {
 // node starts a node of the cluster; it stops when the test ends.
 func (c *testCluster) node(id string) *app.App {
 	return apptest.Run(c.t, c.config(id))
-}
-
-func deleteExchanges(tb testing.TB, url string, names ...string) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		tb.Errorf("delete exchanges: %v", err)
-		return
-	}
-	defer func() {
-		if err := conn.Close(); err != nil {
-			tb.Errorf("delete exchanges: close: %v", err)
-		}
-	}()
-	ch, err := conn.Channel()
-	if err != nil {
-		tb.Errorf("delete exchanges: %v", err)
-		return
-	}
-	for _, name := range names {
-		if err := ch.ExchangeDelete(name, false, false); err != nil {
-			tb.Errorf("delete exchange %s: %v", name, err)
-			return
-		}
-	}
 }
 
 // closeFederation makes RabbitMQ close the federation connections of the

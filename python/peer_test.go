@@ -12,8 +12,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,11 +26,9 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
-	"github.com/colonymq/colony/cluster"
 	"github.com/colonymq/colony/internal/amqptest"
 	"github.com/colonymq/colony/rpc"
 	"github.com/colonymq/colony/rpc/amqp"
@@ -49,7 +45,7 @@ const example = "examples/pycalc.py"
 func TestPythonPeer(t *testing.T) {
 	py := pythonWithPika(t)
 	url := amqptest.URL(t)
-	prefix := randomPrefix(t, url)
+	prefix := amqptest.Prefix(t, url)
 	t.Logf("cluster prefix %s", prefix)
 
 	// The Python node starts first, with a beat far longer than the test:
@@ -376,46 +372,6 @@ func pythonWithPika(t *testing.T) string {
 		t.Skip(msg)
 	}
 	return py
-}
-
-// randomPrefix isolates the test's exchanges and queues on the shared
-// broker, and deletes the exchanges (the Go node's and the Python node's)
-// when the test ends; the queues delete themselves.
-func randomPrefix(t *testing.T, url string) string {
-	b := make([]byte, 6)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	prefix := "colonytest-" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		deleteExchanges(t, url, amqp.RPCExchange(prefix), amqp.PresenceExchange(prefix),
-			cluster.MessageExchange(prefix), cluster.RetainedExchange(prefix))
-	})
-	return prefix
-}
-
-func deleteExchanges(tb testing.TB, url string, names ...string) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		tb.Errorf("delete exchanges: %v", err)
-		return
-	}
-	defer func() {
-		if err := conn.Close(); err != nil {
-			tb.Errorf("delete exchanges: close: %v", err)
-		}
-	}()
-	ch, err := conn.Channel()
-	if err != nil {
-		tb.Errorf("delete exchanges: %v", err)
-		return
-	}
-	for _, name := range names {
-		if err := ch.ExchangeDelete(name, false, false); err != nil {
-			tb.Errorf("delete exchange %s: %v", name, err)
-			return
-		}
-	}
 }
 
 func callCtx(t *testing.T) context.Context {

@@ -6,6 +6,9 @@
 package amqptest
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -44,4 +47,58 @@ func URL(tb testing.TB) string {
 		tb.Logf("close probe connection: %v", err)
 	}
 	return url
+}
+
+// Prefix returns a random name prefix ("colonytest-<hex>") that keeps a
+// test's exchanges and queues apart from every other test's on the shared
+// broker, and deletes the exchanges Colony declares under it (RPC,
+// presence, messages, retained) when the test ends; queues delete
+// themselves with their connections.
+func Prefix(tb testing.TB, url string) string {
+	tb.Helper()
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	prefix := "colonytest-" + hex.EncodeToString(b)
+	tb.Cleanup(func() { DeleteExchanges(tb, url, Exchanges(prefix)...) })
+	return prefix
+}
+
+// Exchanges names the exchanges Colony's nodes declare under prefix (the
+// rpc/amqp and cluster packages' names; a test in this package checks
+// they agree).
+func Exchanges(prefix string) []string {
+	return []string{prefix + ".rpc", prefix + ".presence", prefix + ".msg", prefix + ".retained"}
+}
+
+// DeleteExchanges deletes the named exchanges; one that does not exist
+// (never declared by the test) is no error.
+func DeleteExchanges(tb testing.TB, url string, names ...string) {
+	tb.Helper()
+	conn, err := amqp091.Dial(url)
+	if err != nil {
+		tb.Errorf("delete exchanges: %v", err)
+		return
+	}
+	defer func() {
+		if err := conn.Close(); err != nil {
+			tb.Errorf("delete exchanges: close: %v", err)
+		}
+	}()
+	for _, name := range names {
+		// A channel per name: RabbitMQ closes the channel of a failed delete.
+		ch, err := conn.Channel()
+		if err != nil {
+			tb.Errorf("delete exchanges: %v", err)
+			return
+		}
+		err = ch.ExchangeDelete(name, false, false)
+		var ae *amqp091.Error
+		if err != nil && !(errors.As(err, &ae) && ae.Code == amqp091.NotFound) {
+			tb.Errorf("delete exchange %s: %v", name, err)
+			return
+		}
+		_ = ch.Close() // already closed after a 404
+	}
 }

@@ -2,8 +2,6 @@ package amqp
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/internal/amqptest"
@@ -36,38 +33,7 @@ func testLogger(tb testing.TB) zerolog.Logger {
 // (the queues delete themselves).
 func randomPrefix(tb testing.TB) string {
 	tb.Helper()
-	b := make([]byte, 6)
-	if _, err := rand.Read(b); err != nil {
-		tb.Fatal(err)
-	}
-	prefix := "colonytest-" + hex.EncodeToString(b)
-	url := amqpURL(tb)
-	tb.Cleanup(func() { deleteExchanges(tb, url, RPCExchange(prefix), PresenceExchange(prefix)) })
-	return prefix
-}
-
-func deleteExchanges(tb testing.TB, url string, names ...string) {
-	conn, err := amqp091.Dial(url)
-	if err != nil {
-		tb.Errorf("delete exchanges: %v", err)
-		return
-	}
-	defer func() {
-		if err := conn.Close(); err != nil {
-			tb.Errorf("delete exchanges: close: %v", err)
-		}
-	}()
-	ch, err := conn.Channel()
-	if err != nil {
-		tb.Errorf("delete exchanges: %v", err)
-		return
-	}
-	for _, name := range names {
-		if err := ch.ExchangeDelete(name, false, false); err != nil {
-			tb.Errorf("delete exchange %s: %v", name, err)
-			return
-		}
-	}
+	return amqptest.Prefix(tb, amqpURL(tb))
 }
 
 // node is one Colony node inside the test process: its own registry,
