@@ -10,7 +10,7 @@ type Caller struct {
 	ClientID string // MQTT client id, "" for calls made by server code
 	UserID   string // authenticated user id, "" when anonymous
 	Username string // login name the user authenticated with
-	Node     string // node the call entered the cluster on
+	Node     string // node that sent the call: over RabbitMQ the immediate caller's, not the first hop's
 	Module   string // calling module, "" when the call came from a client
 }
 

@@ -44,16 +44,24 @@
 //	                cid, uid, uname: client id, user id and username of the original
 //	                caller, each only when known
 //
+// Header values are AMQP long strings (type S; byte arrays are accepted
+// too). A caller without a trace id gets "<node>-<n>"; a handler's own
+// calls carry on its caller's trace, identity and deadline. expiration is
+// at least "1": a request that arrives past its deadline is acknowledged
+// and dropped without a reply, the caller having given up already.
+//
 // A request no queue is bound for is returned by RabbitMQ (basic.return,
 // 312 NO_ROUTE) and the caller fails at once with not_found; expiration
 // makes RabbitMQ drop a request nobody took before the caller gave up. A
 // notify is published with mandatory=false and no reply_to.
 //
 // Reply, published by the serving node to the default exchange with
-// routing key reply_to and the request's correlation_id:
+// routing key reply_to exactly as received (RabbitMQ rewrites
+// amq.rabbitmq.reply-to into a per-channel name) and the request's
+// correlation_id:
 //
 //	success  body = the JSON result, content_type as for requests
-//	failure  empty body, headers error_code: the rpc.Code ("not_found", "timeout",
+//	failure  empty body, no content_type, headers error_code: the rpc.Code ("not_found", "timeout",
 //	         "bad_request", "internal", "unavailable", "canceled", "forbidden"),
 //	         error: the message
 //
@@ -74,7 +82,10 @@
 //	{"node": "a", "modules": ["calc"], "load": 0, "version": "1.2.0",
 //	 "beat_ms": 2000, "hello": true, "bye": false}
 //
-// node and modules are required; the others optional. A node missing 3
+// node and modules are required (a bye sends "modules": []); the others
+// optional, and Go nodes leave hello and bye out when false. Each node
+// consumes presence from its own server-named queue, bound with key "",
+// exclusive and without acknowledgements. A node missing 3
 // beats (of its own beat_ms, else of the receiver's Beat) is gone; "bye":
 // true removes it at once. "hello": true, sent on (re)connecting, asks the
 // peers to announce themselves right away rather than at their next beat;
