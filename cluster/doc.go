@@ -67,14 +67,26 @@
 //	               payload_format (0 or 1), expiry (message expiry interval, seconds):
 //	               each only when the MQTT 5 publish had it
 //
-// Consecutive local messages with the same exchange and key (a busy
-// topic) may travel as one AMQP message, built from what queued up while
-// the previous publish was under way, so light traffic is never delayed:
+// Consecutive local messages to the same exchange may travel as one AMQP
+// message, a batch, built from what queued up while the previous publish
+// was under way, so light traffic is never delayed and a message that
+// finds nothing queued goes alone, with its own key. RabbitMQ's cost is
+// mostly per AMQP message, so batching is what lets federation keep up
+// with a busy node. A batch is published with its first message's key and
+// lists its other distinct keys (at most 128, 16 KiB in all) in RabbitMQ's
+// BCC header, which RabbitMQ routes by and removes before delivery:
 //
-//	headers        origin; type: "batch"; count: number of messages
+//	headers        origin; type: "batch"; count: number of messages; BCC (array of keys)
 //	body           per message: a 4-byte big-endian length and a JSON object with the
 //	               header names above (topic, qos, retain, ts, content_type, …; bytes
 //	               base64 as JSON does), then a 4-byte length and the payload
+//
+// RabbitMQ delivers a batch once to every node bound to any of its keys,
+// and to no other node. Such a node may thus receive, in a batch with
+// messages it wants, messages it has no binding for; its engine hands each
+// message to the local subscriptions that match it, as always, so these go
+// to no one. Subscribers get what they would without batches; under load,
+// interest decides where traffic goes per batch rather than per message.
 //
 // A receiving node ignores messages whose origin is itself, publishes the
 // others to its local subscribers (each at the lower of its subscription's

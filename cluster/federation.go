@@ -487,7 +487,7 @@ func (f *Federation) awaitBinding(round <-chan struct{}) {
 // Stats counts what a Federation did since it was created.
 type Stats struct {
 	Out         uint64 // local messages published to the other nodes
-	Batches     uint64 // AMQP messages that carried several of them (a run on one topic)
+	Batches     uint64 // AMQP messages that carried several of them (what queued up while the previous one went out)
 	In          uint64 // messages from other nodes published here
 	Synced      uint64 // retained messages adopted from other nodes' sync answers
 	Unsent      uint64 // local messages not federated: disconnected, or RabbitMQ blocking publishers

@@ -14,8 +14,20 @@ import (
 // Batch limits: a batch closes at whichever comes first.
 const (
 	maxBatchCount = 1000
-	maxBatchBytes = 256 << 10
+	maxBatchBytes = 256 << 10 // payloads
+	// maxBatchKeys bounds the distinct routing keys of a batch. RabbitMQ
+	// routes by each (a key costs it about a quarter of what a message of
+	// its own does), and a batch reaches every node bound to any of them.
+	maxBatchKeys = 128
+	// maxBatchKeyBytes bounds the BCC header, which must fit in one AMQP
+	// frame (RabbitMQ's frame_max is 128 KiB by default).
+	maxBatchKeyBytes = 16 << 10
 )
+
+// headerBCC is RabbitMQ's sender-selected distribution header: further
+// routing keys the message is routed with, one copy per queue however
+// many of them match; RabbitMQ removes it before delivery.
+const headerBCC = "BCC"
 
 // outMsg is a local message waiting to be federated.
 type outMsg struct {
@@ -39,12 +51,16 @@ func newOutbox(size int) *outbox {
 	return &outbox{wake: make(chan struct{}, 1), room: make(chan struct{}, size)}
 }
 
-// take removes and returns every queued message.
-func (o *outbox) take() []outMsg {
+// take removes and returns every queued message. The queue goes on in
+// spare, a slice take returned before and the caller is done with: under
+// load the queue holds hundreds of large items, and growing a new slice
+// for each round costs more than the rest of enqueueing.
+func (o *outbox) take(spare []outMsg) []outMsg {
+	clear(spare) // no payloads kept alive
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	items := o.items
-	o.items = nil
+	o.items = spare[:0]
 	return items
 }
 
@@ -94,29 +110,32 @@ func (s *session) acquire(sem chan struct{}, what string) error {
 }
 
 // send publishes what the outbox holds, in order. Consecutive messages
-// with the same exchange and routing key (a busy topic) go as one AMQP
-// message: RabbitMQ's cost is per message, and such a run goes to the
-// same nodes anyway. Batching takes what has queued up while the previous
-// publish was under way, so it adds no delay when traffic is light.
+// to the same exchange go as one AMQP message (a batch), whatever their
+// routing keys: RabbitMQ's cost is mostly per message. The batch is
+// published with the first message's key and lists its other keys in the
+// BCC header, so RabbitMQ routes it, once, to every node bound to any of
+// them; a receiving node's engine delivers each message to the local
+// subscriptions that match it, which drops those the node has no binding
+// for. Batching takes what has queued up while the previous publish was
+// under way, so it adds no delay when traffic is light, and a message
+// alone goes with its own key only.
 func (s *session) send() {
 	defer s.bg.Done()
+	seen := make(map[string]struct{})
+	var spare []outMsg
 	for {
 		select {
 		case <-s.out.wake:
 		case <-s.dead:
-			if n := len(s.out.take()); n > 0 {
+			if n := len(s.out.take(nil)); n > 0 {
 				s.f.stats.unsent.Add(uint64(n))
 			}
 			return
 		}
-		items := s.out.take()
+		items := s.out.take(spare)
+		spare = items
 		for len(items) > 0 {
-			n, size := 1, len(items[0].pk.Payload)
-			for n < len(items) && n < maxBatchCount && size < maxBatchBytes &&
-				items[n].exchange == items[0].exchange && items[n].key == items[0].key {
-				size += len(items[n].pk.Payload)
-				n++
-			}
+			n, size, bcc := cut(items, seen)
 			run := items[:n]
 			items = items[n:]
 			var err error
@@ -124,7 +143,11 @@ func (s *session) send() {
 				m := &run[0]
 				err = s.publish(m.exchange, m.key, encode(s.f.opts.Node, &m.pk, m.ts, "", ""))
 			} else {
-				err = s.publish(run[0].exchange, run[0].key, s.encodeBatch(run))
+				msg := s.encodeBatch(run, size)
+				if len(bcc) > 0 {
+					msg.Headers[headerBCC] = bcc
+				}
+				err = s.publish(run[0].exchange, run[0].key, msg)
 				if err == nil {
 					s.f.stats.batches.Add(1)
 				}
@@ -139,6 +162,34 @@ func (s *session) send() {
 			s.f.stats.out.Add(uint64(n))
 		}
 	}
+}
+
+// cut returns how many of the leading items go in one batch (at least
+// one), the size of their payloads, and their distinct routing keys other
+// than the first one's, in order of appearance (nil when they share one).
+// seen is scratch space.
+func cut(items []outMsg, seen map[string]struct{}) (n, size int, bcc []any) {
+	clear(seen)
+	first := &items[0]
+	seen[first.key] = struct{}{}
+	n, size = 1, len(first.pk.Payload)
+	keyBytes := 0
+	for ; n < len(items) && n < maxBatchCount && size < maxBatchBytes; n++ {
+		m := &items[n]
+		if m.exchange != first.exchange {
+			break
+		}
+		if _, ok := seen[m.key]; !ok {
+			if len(seen) == maxBatchKeys || keyBytes+len(m.key) > maxBatchKeyBytes {
+				break
+			}
+			seen[m.key] = struct{}{}
+			keyBytes += len(m.key)
+			bcc = append(bcc, m.key)
+		}
+		size += len(m.pk.Payload)
+	}
+	return n, size, bcc
 }
 
 // batchRecord is the JSON header of one message inside a batch; the names
@@ -159,9 +210,9 @@ type batchRecord struct {
 // encodeBatch builds one AMQP message carrying several messages: headers
 // origin, type "batch" and count; the body is, per message, a 4-byte
 // big-endian length and the JSON batchRecord, then a 4-byte length and
-// the payload.
-func (s *session) encodeBatch(run []outMsg) amqp091.Publishing {
-	var body []byte
+// the payload. size, the payloads' total, sizes the body.
+func (s *session) encodeBatch(run []outMsg, size int) amqp091.Publishing {
+	body := make([]byte, 0, size+len(run)*96)
 	mode := amqp091.Transient
 	for i := range run {
 		pk := &run[i].pk

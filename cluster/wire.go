@@ -65,8 +65,8 @@ const (
 	// TypeSyncDone follows the last sync message a node sends in answer
 	// to a sync request.
 	TypeSyncDone = "sync_done"
-	// TypeBatch carries several consecutive messages published with the
-	// same routing key, in its body (see the package documentation).
+	// TypeBatch carries several consecutive messages of one node, in its
+	// body, routed by all their keys (see the package documentation).
 	TypeBatch = "batch"
 )
 
