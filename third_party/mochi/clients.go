@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/xid"
 
+	"github.com/mochi-mqtt/server/v2/mempool"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -202,14 +203,35 @@ func newClient(c net.Conn, o *ops) *Client {
 func (cl *Client) WriteLoop() {}
 
 // writeBatch writes packets taken from the outbound queue. COLONY PATCH P1.
-func (cl *Client) writeBatch(batch []*packets.Packet) {
-	for i, pk := range batch {
+func (cl *Client) writeBatch(batch []outItem) {
+	for i, it := range batch {
 		cl.State.writing.Store(int32(len(batch) - i))
-		if err := cl.WritePacket(*pk); err != nil {
+		var err error
+		if it.shared != nil {
+			err = cl.writeShared(it.shared) // COLONY PATCH P13
+		} else {
+			err = cl.WritePacket(*it.pk)
+		}
+		if err != nil {
+			pk := it.pk
+			if it.shared != nil {
+				pk = &it.shared.pk
+			}
 			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 		}
 	}
 	cl.State.writing.Store(0)
+
+	// Bytes gathered for packets that were to follow must not wait for a
+	// later write when the last packet of the batch was not sent (an
+	// encoding error, a packet too large for the client).
+	cl.Lock()
+	if cl.Net.outbuf != nil && cl.State.outbound.len() == 0 && !cl.Closed() {
+		if err := cl.flushOutbuf(); err != nil {
+			cl.ops.log.Debug("failed flushing packets", "error", err, "client", cl.ID)
+		}
+	}
+	cl.Unlock()
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -484,9 +506,10 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
 
-	// Decode the remaining packet values using a fresh copy of the bytes,
-	// otherwise the next packet will change the data of this one.
-	px := append([]byte{}, p[:]...)
+	// COLONY PATCH P13: p is this packet's own buffer, so the packet is
+	// decoded from it. Upstream copied it once more "so that the next packet
+	// does not change this one", a second allocation per packet received.
+	px := p
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(px)
@@ -564,42 +587,10 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 
 	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
 
-	var err error
-	buf := new(bytes.Buffer)
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(buf)
-	case packets.Connack:
-		err = pk.ConnackEncode(buf)
-	case packets.Publish:
-		err = pk.PublishEncode(buf)
-	case packets.Puback:
-		err = pk.PubackEncode(buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(buf)
-	case packets.Pubrel:
-		err = pk.PubrelEncode(buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(buf)
-	case packets.Suback:
-		err = pk.SubackEncode(buf)
-	case packets.Unsubscribe:
-		err = pk.UnsubscribeEncode(buf)
-	case packets.Unsuback:
-		err = pk.UnsubackEncode(buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(buf)
-	case packets.Pingresp:
-		err = pk.PingrespEncode(buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(buf)
-	case packets.Auth:
-		err = pk.AuthEncode(buf)
-	default:
-		err = fmt.Errorf("%w: %v", packets.ErrNoValidPacketAvailable, pk.FixedHeader.Type)
-	}
+	// COLONY PATCH P13: a pooled buffer instead of a new one per packet.
+	buf := encodeBuffers.Get()
+	defer encodeBuffers.Put(buf)
+	err := encodePacket(&pk, buf)
 	if err != nil {
 		return err
 	}
@@ -608,36 +599,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
 	}
 
-	n, err := func() (int64, error) {
-		cl.Lock()
-		defer cl.Unlock()
-		if cl.State.writing.Load() <= 1 && cl.State.outbound.len() == 0 { // COLONY PATCH P1: nothing else pending: flush now
-			if cl.Net.outbuf == nil {
-				return buf.WriteTo(cl.Net.Conn)
-			}
-
-			// first write to buffer, then flush buffer
-			n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
-			err = cl.flushOutbuf()
-			return int64(n), err
-		}
-
-		// there are more writes in the queue
-		if cl.Net.outbuf == nil {
-			if buf.Len() >= cl.ops.options.ClientNetWriteBufferSize {
-				return buf.WriteTo(cl.Net.Conn)
-			}
-			cl.Net.outbuf = new(bytes.Buffer)
-		}
-
-		n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
-		if cl.Net.outbuf.Len() < cl.ops.options.ClientNetWriteBufferSize {
-			return int64(n), nil
-		}
-
-		err = cl.flushOutbuf()
-		return int64(n), err
-	}()
+	n, err := cl.send(buf.Bytes())
 	if err != nil {
 		return err
 	}
@@ -648,10 +610,127 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		atomic.AddInt64(&cl.ops.info.MessagesSent, 1)
 	}
 
-	cl.ops.hooks.OnPacketSent(cl, pk, buf.Bytes())
+	if hooks := cl.ops.hooks.providing(OnPacketSent); len(hooks) > 0 {
+		// The buffer goes back to the pool: hooks get bytes of their own, as upstream.
+		cl.ops.hooks.OnPacketSent(cl, pk, bytes.Clone(buf.Bytes()))
+	}
 
 	return err
 }
+
+// encodePacket encodes pk into buf according to its type.
+func encodePacket(pk *packets.Packet, buf *bytes.Buffer) error {
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		return pk.ConnectEncode(buf)
+	case packets.Connack:
+		return pk.ConnackEncode(buf)
+	case packets.Publish:
+		return pk.PublishEncode(buf)
+	case packets.Puback:
+		return pk.PubackEncode(buf)
+	case packets.Pubrec:
+		return pk.PubrecEncode(buf)
+	case packets.Pubrel:
+		return pk.PubrelEncode(buf)
+	case packets.Pubcomp:
+		return pk.PubcompEncode(buf)
+	case packets.Subscribe:
+		return pk.SubscribeEncode(buf)
+	case packets.Suback:
+		return pk.SubackEncode(buf)
+	case packets.Unsubscribe:
+		return pk.UnsubscribeEncode(buf)
+	case packets.Unsuback:
+		return pk.UnsubackEncode(buf)
+	case packets.Pingreq:
+		return pk.PingreqEncode(buf)
+	case packets.Pingresp:
+		return pk.PingrespEncode(buf)
+	case packets.Disconnect:
+		return pk.DisconnectEncode(buf)
+	case packets.Auth:
+		return pk.AuthEncode(buf)
+	default:
+		return fmt.Errorf("%w: %v", packets.ErrNoValidPacketAvailable, pk.FixedHeader.Type)
+	}
+}
+
+// writeShared writes a QoS 0 PUBLISH encoded once for many subscribers.
+// COLONY PATCH P13. When the message expiry interval it carries (MQTT 5) is
+// no longer the one this moment calls for, the packet is encoded afresh.
+func (cl *Client) writeShared(sp *sharedPublish) error {
+	if cl.Closed() {
+		return ErrConnectionClosed
+	}
+
+	if cl.Net.Conn == nil {
+		return nil
+	}
+
+	if sp.pk.Expiry > 0 && sp.pk.ProtocolVersion == 5 && sp.interval != expiryInterval(sp.pk.Expiry) {
+		return cl.WritePacket(sp.pk)
+	}
+
+	n, err := cl.send(sp.b)
+	if err != nil {
+		return err
+	}
+
+	atomic.AddInt64(&cl.ops.info.BytesSent, n)
+	atomic.AddInt64(&cl.ops.info.PacketsSent, 1)
+	atomic.AddInt64(&cl.ops.info.MessagesSent, 1)
+	return nil
+}
+
+// expiryInterval is the message expiry interval, in seconds, of a message
+// that expires at the Unix time expiry [MQTT-3.3.2-6].
+func expiryInterval(expiry int64) uint32 {
+	return uint32(max(expiry-time.Now().Unix(), 1))
+}
+
+// send writes the bytes of one encoded packet: at once when nothing else is
+// waiting to be written, else gathered with the packets that follow, up to
+// ClientNetWriteBufferSize, so that a burst costs few system calls.
+func (cl *Client) send(b []byte) (int64, error) {
+	cl.Lock()
+	defer cl.Unlock()
+	if cl.State.writing.Load() <= 1 && cl.State.outbound.len() == 0 { // COLONY PATCH P1: nothing else pending: flush now
+		if cl.Net.outbuf == nil {
+			n, err := cl.Net.Conn.Write(b)
+			return int64(n), err
+		}
+
+		// first write to buffer, then flush buffer
+		n, _ := cl.Net.outbuf.Write(b) // will always be successful
+		return int64(n), cl.flushOutbuf()
+	}
+
+	// there are more writes in the queue
+	if cl.Net.outbuf == nil {
+		if len(b) >= cl.ops.options.ClientNetWriteBufferSize {
+			n, err := cl.Net.Conn.Write(b)
+			return int64(n), err
+		}
+		cl.Net.outbuf = outBuffers.Get() // COLONY PATCH P13: reused, not allocated per burst
+	}
+
+	n, _ := cl.Net.outbuf.Write(b) // will always be successful
+	if cl.Net.outbuf.Len() < cl.ops.options.ClientNetWriteBufferSize {
+		return int64(n), nil
+	}
+
+	return int64(n), cl.flushOutbuf()
+}
+
+// COLONY PATCH P13: buffers reused across packets and clients. Upstream
+// allocated a buffer for every packet encoded and one for every burst
+// gathered; at tens of thousands of deliveries a second that garbage cost
+// more than the encoding. Buffers that grew large are not kept.
+var (
+	encodeBuffers = mempool.NewBuffer(64 << 10)
+	outBuffers    = mempool.NewBuffer(64 << 10)
+)
 
 func (cl *Client) flushOutbuf() (err error) {
 	if cl.Net.outbuf == nil {
@@ -660,6 +739,7 @@ func (cl *Client) flushOutbuf() (err error) {
 
 	_, err = cl.Net.outbuf.WriteTo(cl.Net.Conn)
 	if err == nil {
+		outBuffers.Put(cl.Net.outbuf) // COLONY PATCH P13: an idle client keeps no buffer
 		cl.Net.outbuf = nil
 	}
 	return

@@ -21,16 +21,24 @@ import (
 // therefore costs no writer goroutine at all.
 type outQueue struct {
 	mu      sync.Mutex
-	items   []*packets.Packet
-	spare   []*packets.Packet // the slice handed back by the writer, reused
+	items   []outItem
+	spare   []outItem // the slice handed back by the writer, reused
 	limit   int
 	running bool          // a writer goroutine is active
 	space   chan struct{} // closed when room frees up; nil while nobody waits
-	write   func([]*packets.Packet)
+	write   func([]outItem)
 	drained func() // called each time the writer empties the queue
 }
 
-func newOutQueue(limit int, write func([]*packets.Packet), drained func()) *outQueue {
+// outItem is one packet waiting to be written: a packet to encode for this
+// client, or (COLONY PATCH P13) a QoS 0 PUBLISH encoded once for all the
+// subscribers that receive it in the same form.
+type outItem struct {
+	pk     *packets.Packet
+	shared *sharedPublish
+}
+
+func newOutQueue(limit int, write func([]outItem), drained func()) *outQueue {
 	if limit < 1 {
 		limit = 1
 	}
@@ -58,10 +66,10 @@ const (
 	closed             // the client went away while we waited
 )
 
-// push queues pk. When the queue is full it waits, at most patience, for
+// push queues it. When the queue is full it waits, at most patience, for
 // the writer to make room; done ends the wait early (client gone).
 // A patience of 0 never waits.
-func (q *outQueue) push(pk *packets.Packet, patience time.Duration, done <-chan struct{}) pushResult {
+func (q *outQueue) push(it outItem, patience time.Duration, done <-chan struct{}) pushResult {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -71,7 +79,7 @@ func (q *outQueue) push(pk *packets.Packet, patience time.Duration, done <-chan 
 	for {
 		q.mu.Lock()
 		if len(q.items) < q.limit {
-			q.items = append(q.items, pk)
+			q.items = append(q.items, it)
 			start := !q.running
 			q.running = true
 			q.mu.Unlock()
@@ -105,7 +113,7 @@ func (q *outQueue) push(pk *packets.Packet, patience time.Duration, done <-chan 
 // take returns everything queued and empties the queue, waking publishers
 // that wait for room. The caller hands the slice back with giveBack. When
 // nothing is queued it returns nil and the writer must end.
-func (q *outQueue) take() []*packets.Packet {
+func (q *outQueue) take() []outItem {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.items) == 0 {
@@ -127,7 +135,7 @@ func (q *outQueue) take() []*packets.Packet {
 
 // giveBack returns a slice from take for reuse; a large one is dropped so an
 // idle client does not keep the memory of a past burst.
-func (q *outQueue) giveBack(items []*packets.Packet) {
+func (q *outQueue) giveBack(items []outItem) {
 	clear(items)
 	if cap(items) > 64 {
 		return

@@ -6,6 +6,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -1053,9 +1054,10 @@ func (s *Server) publishToSubscribersWait(pk packets.Packet, patience time.Durat
 		inlineSubscription.Handler(s.inlineClient, inlineSubscription.Subscription, pk)
 	}
 
+	var shared sharedPublishes // COLONY PATCH P13: QoS 0 encoded once per form
 	for id, subs := range subscribers.Subscriptions {
 		if cl, ok := s.Clients.Get(id); ok {
-			_, err := s.publishToClient(cl, subs, pk, patience)
+			err := s.publishToClient(cl, subs, &pk, patience, &shared)
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
@@ -1063,33 +1065,129 @@ func (s *Server) publishToSubscribersWait(pk packets.Packet, patience time.Durat
 	}
 }
 
-func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet, patience time.Duration) (packets.Packet, error) {
+// sharedPublish is a QoS 0 PUBLISH encoded once and written as is to every
+// subscriber that receives it in the same form. COLONY PATCH P13: upstream
+// copied the packet (payload and properties included) and encoded it again
+// for every subscriber. It is read-only once built.
+type sharedPublish struct {
+	pk       packets.Packet // the packet as encoded
+	b        []byte         // its encoding
+	interval uint32         // the message expiry interval encoded (MQTT 5)
+}
+
+// sharedPublishes holds the encodings of one publish, by form: MQTT 5 or
+// earlier, retain flag, problem information allowed or not. COLONY PATCH P13.
+type sharedPublishes [8]*sharedPublish
+
+// shareable reports whether the QoS 0 delivery of a publish to cl would be
+// the same bytes for every subscriber of the same form, and returns the
+// form. Per-subscriber content rules it out: MQTT 5 topic aliases and
+// subscription identifiers, hooks that see or change each client's packet,
+// a packet size limit. COLONY PATCH P13.
+func (s *Server) shareable(cl *Client, sub packets.Subscription, pk *packets.Packet, retain bool) (form int, ok bool) {
+	if cl.Net.Conn == nil || pk.Mods.MaxSize > 0 || cl.Properties.Props.TopicAliasMaximum > 0 ||
+		s.hooks.Provides(OnPacketEncode, OnPacketSent) {
+		return 0, false
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		if subscriptionIDs(sub) {
+			return 0, false
+		}
+		form |= 4
+		if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
+			form |= 1
+		}
+	}
+	if retain {
+		form |= 2
+	}
+	return form, true
+}
+
+// subscriptionIDs reports whether a delivery for sub carries subscription
+// identifiers. COLONY PATCH P13.
+func subscriptionIDs(sub packets.Subscription) bool {
+	if sub.Identifier > 0 {
+		return true
+	}
+	for _, id := range sub.Identifiers {
+		if id > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// sharedFor returns the shared encoding of pk in form, building it on first
+// use, as Client.WritePacket would encode it for a client of that form, or
+// nil if pk cannot be encoded so. COLONY PATCH P13.
+func (s *Server) sharedFor(pk *packets.Packet, form int, shared *sharedPublishes) *sharedPublish {
+	if sp := shared[form]; sp != nil {
+		return sp
+	}
+	sp := &sharedPublish{pk: pk.Copy(false)}
+	sp.pk.FixedHeader.Qos = 0
+	sp.pk.FixedHeader.Retain = form&2 != 0
+	sp.pk.ProtocolVersion = 4 // MQTT 3.1 and 3.1.1 encode a PUBLISH alike
+	if form&4 != 0 {
+		sp.pk.ProtocolVersion = 5
+	}
+	if sp.pk.Expiry > 0 {
+		sp.interval = expiryInterval(sp.pk.Expiry)
+		sp.pk.Properties.MessageExpiryInterval = sp.interval // [MQTT-3.3.2-6]
+	}
+	sp.pk.Mods.DisallowProblemInfo = form&1 != 0 // [MQTT-3.1.2-29]
+	sp.pk.Mods.AllowResponseInfo = true          // [MQTT-3.1.2-28]
+	var buf bytes.Buffer
+	buf.Grow(len(sp.pk.TopicName) + len(sp.pk.Payload) + 16)
+	if err := sp.pk.PublishEncode(&buf); err != nil {
+		return nil
+	}
+	sp.b = buf.Bytes()
+	shared[form] = sp
+	return sp
+}
+
+// publishToClient delivers pk to cl under its subscription sub. shared, when
+// not nil, collects the encodings of pk that subscribers can share
+// (COLONY PATCH P13).
+func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packets.Packet, patience time.Duration, shared *sharedPublishes) error {
 	if sub.NoLocal && pk.Origin == cl.ID {
-		return pk, nil // [MQTT-3.8.3-3]
+		return nil // [MQTT-3.8.3-3]
+	}
+
+	if !s.hooks.OnACLCheck(cl, pk.TopicName, false) {
+		return packets.ErrNotAuthorized
+	}
+	retain := pk.FixedHeader.Retain &&
+		(sub.FwdRetainedFlag || (cl.Properties.ProtocolVersion == 5 && sub.RetainAsPublished)) // ![MQTT-3.3.1-13] [v3 MQTT-3.3.1-9] [MQTT-3.3.1-12]
+	qos := min(pk.FixedHeader.Qos, sub.Qos, s.Options.Capabilities.MaximumQos) // [MQTT-3.2.2-9]
+
+	if cl.State.dropWarned.Load() {
+		patience = 0 // COLONY PATCH P1: already stalled; don't make every publisher wait again
+	}
+
+	if qos == 0 && shared != nil {
+		if form, ok := s.shareable(cl, sub, pk, retain); ok {
+			if sp := s.sharedFor(pk, form, shared); sp != nil &&
+				(cl.Properties.Props.MaximumPacketSize == 0 || uint32(len(sp.b)) <= cl.Properties.Props.MaximumPacketSize) {
+				return s.enqueue(cl, outItem{shared: sp}, 0, pk, patience)
+			}
+		}
 	}
 
 	out := pk.Copy(false)
-	if !s.hooks.OnACLCheck(cl, pk.TopicName, false) {
-		return out, packets.ErrNotAuthorized
-	}
-	if !sub.FwdRetainedFlag && ((cl.Properties.ProtocolVersion == 5 && !sub.RetainAsPublished) || cl.Properties.ProtocolVersion < 5) { // ![MQTT-3.3.1-13] [v3 MQTT-3.3.1-9]
-		out.FixedHeader.Retain = false // [MQTT-3.3.1-12]
-	}
+	out.FixedHeader.Retain = retain
+	out.FixedHeader.Qos = qos
 
-	if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
-		out.Properties.SubscriptionIdentifier = []int{}
+	if ids := subscriptionIDs(sub); ids && len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
+		out.Properties.SubscriptionIdentifier = make([]int, 0, len(sub.Identifiers))
 		for _, id := range sub.Identifiers {
 			out.Properties.SubscriptionIdentifier = append(out.Properties.SubscriptionIdentifier, id) // [MQTT-3.3.4-4] ![MQTT-3.3.4-5]
 		}
 		sort.Ints(out.Properties.SubscriptionIdentifier)
-	}
-
-	if out.FixedHeader.Qos > sub.Qos {
-		out.FixedHeader.Qos = sub.Qos
-	}
-
-	if out.FixedHeader.Qos > s.Options.Capabilities.MaximumQos {
-		out.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9]
+	} else if ids {
+		out.Properties.SubscriptionIdentifier = []int{sub.Identifier} // COLONY PATCH P14: a single match has no Identifiers map
 	}
 
 	if cl.Properties.Props.TopicAliasMaximum > 0 {
@@ -1103,30 +1201,26 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 	}
 
-	if cl.State.dropWarned.Load() {
-		patience = 0 // COLONY PATCH P1: already stalled; don't make every publisher wait again
-	}
-
 	if out.FixedHeader.Qos > 0 {
 		// COLONY PATCH P1: an online client whose in-flight window is full
 		// gets time to acknowledge before anything is given up; an offline
 		// session's queue is full for good (P4: logged once, counted).
 		if cl.State.Inflight.Len() >= s.inflightLimit(cl) && !s.waitInflight(cl, patience) {
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
-			cl.ops.hooks.OnPublishDropped(cl, pk)
+			cl.ops.hooks.OnPublishDropped(cl, *pk)
 			if cl.State.dropWarned.CompareAndSwap(false, true) {
 				s.Log.Warn("client in-flight limit reached; dropping its QoS 1/2 messages until it catches up (logged once)",
 					"client", cl.ID, "listener", cl.Net.Listener, "limit", s.inflightLimit(cl), "connected", !cl.Closed())
 			}
-			return out, packets.ErrQuotaExceeded
+			return packets.ErrQuotaExceeded
 		}
 
 		i, err := cl.NextPacketID() // [MQTT-4.3.2-1] [MQTT-4.3.3-1]
 		if err != nil {
-			s.hooks.OnPacketIDExhausted(cl, pk)
+			s.hooks.OnPacketIDExhausted(cl, *pk)
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			s.Log.Warn("packet ids exhausted", "error", err, "client", cl.ID, "listener", cl.Net.Listener)
-			return out, packets.ErrQuotaExceeded
+			return packets.ErrQuotaExceeded
 		}
 
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
@@ -1141,39 +1235,44 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
 			out.Expiry = -1
 			cl.State.Inflight.Set(out)
-			return out, nil
+			return nil
 		}
 	}
 
+	return s.enqueue(cl, outItem{pk: &out}, out.FixedHeader.Qos, pk, patience)
+}
+
+// enqueue queues a delivery of pk (QoS qos) for cl. COLONY PATCH P1: it
+// waits for room instead of dropping (back-pressure).
+func (s *Server) enqueue(cl *Client, it outItem, qos byte, pk *packets.Packet, patience time.Duration) error {
 	if cl.Net.Conn == nil || cl.Closed() {
-		return out, packets.CodeDisconnect
+		return packets.CodeDisconnect
 	}
 
-	// COLONY PATCH P1: wait for room instead of dropping (back-pressure).
-	switch cl.State.outbound.push(&out, patience, cl.State.open.Done()) {
+	switch cl.State.outbound.push(it, patience, cl.State.open.Done()) {
 	case pushed:
 	case closed:
 		// A QoS 1/2 message stays in-flight: the session resends it on reconnect.
-		return out, packets.CodeDisconnect
+		return packets.CodeDisconnect
 	case stalled:
-		if out.FixedHeader.Qos > 0 {
+		if qos > 0 {
 			// Never drop an accepted QoS 1/2 message: the stalled subscriber
 			// is disconnected and its session keeps the message in-flight.
 			s.Log.Warn("subscriber stalled: disconnecting it; its session keeps the undelivered messages",
 				"client", cl.ID, "listener", cl.Net.Listener, "patience", patience)
 			cl.Stop(packets.ErrQuotaExceeded)
-			return out, packets.ErrPendingClientWritesExceeded
+			return packets.ErrPendingClientWritesExceeded
 		}
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
-		cl.ops.hooks.OnPublishDropped(cl, pk)
+		cl.ops.hooks.OnPublishDropped(cl, *pk)
 		if cl.State.dropWarned.CompareAndSwap(false, true) {
 			s.Log.Warn("subscriber too slow: dropping QoS 0 messages to it until its queue drains (logged once)",
 				"client", cl.ID, "listener", cl.Net.Listener, "queue", s.Options.Capabilities.MaximumClientWritesPending)
 		}
-		return out, packets.ErrPendingClientWritesExceeded
+		return packets.ErrPendingClientWritesExceeded
 	}
 
-	return out, nil
+	return nil
 }
 
 // inflightLimit is how many QoS 1/2 messages a client may hold: its window
@@ -1218,7 +1317,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 
 	sub.FwdRetainedFlag = true
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
-		_, err := s.publishToClient(cl, sub, pkv, s.Options.Capabilities.SlowClientPatience)
+		err := s.publishToClient(cl, sub, &pkv, s.Options.Capabilities.SlowClientPatience, nil)
 		if err != nil {
 			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
 			continue

@@ -581,12 +581,15 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 // Subscribers returns a map of clients who are subscribed to matching filters,
 // their subscription ids and highest qos.
 func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
-	return x.scanSubscribers(topic, 0, nil, &Subscribers{
+	subs := x.scanSubscribers(topic, 0, nil, &Subscribers{
 		Shared:              map[string]map[string]packets.Subscription{},
 		SharedSelected:      map[string]packets.Subscription{},
-		Subscriptions:       map[string]packets.Subscription{},
 		InlineSubscriptions: map[int]InlineSubscription{},
 	})
+	if subs.Subscriptions == nil { // COLONY PATCH P14: made by gatherSubscriptions, sized
+		subs.Subscriptions = map[string]packets.Subscription{}
+	}
+	return subs
 }
 
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
@@ -629,11 +632,16 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 
 // gatherSubscriptions collects any matching subscriptions, and gathers any identifiers or highest qos values.
 func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs *Subscribers) {
+	// COLONY PATCH P14: read the particle's subscriptions in place, under its
+	// lock, into a map sized for them. Upstream copied them into a new map
+	// (GetAll) and let the result grow entry by entry, for every message.
+	particle.subscriptions.RLock()
+	defer particle.subscriptions.RUnlock()
 	if subs.Subscriptions == nil {
-		subs.Subscriptions = map[string]packets.Subscription{}
+		subs.Subscriptions = make(map[string]packets.Subscription, len(particle.subscriptions.internal))
 	}
 
-	for client, sub := range particle.subscriptions.GetAll() {
+	for client, sub := range particle.subscriptions.internal {
 		if len(sub.Filter) > 0 && topic[0] == '$' && (sub.Filter[0] == '+' || sub.Filter[0] == '#') { // don't match $ topics with top level wildcards [MQTT-4.7.1-1] [MQTT-4.7.1-2]
 			continue
 		}
@@ -653,7 +661,9 @@ func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscr
 		subs.Shared = map[string]map[string]packets.Subscription{}
 	}
 
-	for _, shares := range particle.shared.GetAll() {
+	particle.shared.RLock() // COLONY PATCH P14: in place, not copied
+	defer particle.shared.RUnlock()
+	for _, shares := range particle.shared.internal {
 		for client, sub := range shares {
 			if _, ok := subs.Shared[sub.Filter]; !ok {
 				subs.Shared[sub.Filter] = map[string]packets.Subscription{}
@@ -670,7 +680,9 @@ func (x *TopicsIndex) gatherInlineSubscriptions(particle *particle, subs *Subscr
 		subs.InlineSubscriptions = map[int]InlineSubscription{}
 	}
 
-	for id, inline := range particle.inlineSubscriptions.GetAll() {
+	particle.inlineSubscriptions.RLock() // COLONY PATCH P14: in place, not copied
+	defer particle.inlineSubscriptions.RUnlock()
+	for id, inline := range particle.inlineSubscriptions.internal {
 		subs.InlineSubscriptions[id] = inline
 	}
 }

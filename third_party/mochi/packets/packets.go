@@ -252,6 +252,16 @@ func (pk *Packet) Copy(allowTransfer bool) Packet {
 // Merge merges a new subscription with a base subscription, preserving the highest
 // qos value, matched identifiers and any special properties.
 func (s Subscription) Merge(n Subscription) Subscription {
+	// COLONY PATCH P14: a subscription merged with itself (the first filter
+	// of a client matching a topic) stays as it is. Upstream gave it an
+	// Identifiers map, one allocation per subscriber per message; a
+	// Subscription without one carries its own Identifier.
+	if s.Identifiers == nil && n.Filter == s.Filter && n.Identifier == s.Identifier {
+		s.Qos = max(s.Qos, n.Qos)
+		s.NoLocal = s.NoLocal || n.NoLocal
+		return s
+	}
+
 	if s.Identifiers == nil {
 		s.Identifiers = map[string]int{
 			s.Filter: s.Identifier,
