@@ -166,6 +166,15 @@ func (a *App) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("configure server: %w", err)
 	}
+	for _, m := range a.all { // enabled here or not: see Guarded
+		if g, ok := m.(Guarded); ok {
+			for _, tg := range g.Guards() {
+				if err := a.srv.Guard(tg); err != nil {
+					return fmt.Errorf("module %s: %w", m.ID(), err)
+				}
+			}
+		}
+	}
 
 	for _, m := range mods {
 		host := &Host{

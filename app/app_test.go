@@ -315,3 +315,31 @@ func TestHealthAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// vault reserves vault/# for each client's own vault/<client id>/….
+type vault struct{ app.Base }
+
+func (*vault) ID() string { return "vault" }
+func (*vault) Guards() []server.TopicGuard {
+	return []server.TopicGuard{{Filter: "vault/#", Read: []string{"vault/%c/#"}}}
+}
+
+var _ app.Guarded = (*vault)(nil)
+
+// A module's guard holds on every node that offers the module, running it
+// or not: in a cluster its deliveries reach the other nodes' clients.
+func TestGuardsOfModulesNotEnabledHere(t *testing.T) {
+	cfg := apptest.Config(t)
+	cfg.Modules.Enabled = []string{"db"}
+	a := apptest.Run(t, cfg, &vault{}, &recorder{id: "db", journal: &journal{}})
+	c := apptest.V3(t, apptest.URL(a), "c1")
+	for filter, want := range map[string]byte{"vault/c1/#": 1, "vault/c2/#": 0x80} {
+		tok := c.Subscribe(filter, 1, nil)
+		if !tok.WaitTimeout(wait) {
+			t.Fatal("subscribe timed out")
+		}
+		if got := tok.(*pahov3.SubscribeToken).Result()[filter]; got != want {
+			t.Errorf("subscribe %s: SUBACK %#x, want %#x", filter, got, want)
+		}
+	}
+}

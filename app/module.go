@@ -39,6 +39,16 @@ type Dependent interface {
 	Requires() []string
 }
 
+// Guarded is implemented by modules that reserve a topic space (see
+// server.TopicGuard), such as the im module's per-user delivery topics.
+// The App installs the guards of every module offered with Use, before any
+// module's Init and whether the module is enabled on this node or not: in
+// a cluster its deliveries reach clients of every node through message
+// federation, so every node must keep its space closed.
+type Guarded interface {
+	Guards() []server.TopicGuard
+}
+
 // Host is what a module gets to work with. Fields are set before Init and
 // stay valid until the module's Stop returns.
 type Host struct {

@@ -28,6 +28,10 @@ const (
 	CodeCanceled Code = "canceled"
 	// CodeForbidden means the caller is not allowed to make the call.
 	CodeForbidden Code = "forbidden"
+	// CodeRateLimited means the caller made too many calls of this kind
+	// lately; the same call may succeed later. The message says when, in
+	// words; the im module's send rate limit is one user of it.
+	CodeRateLimited Code = "rate_limited"
 )
 
 // Error is an RPC error whose Code survives the wire. Only Code and Message
@@ -57,6 +61,8 @@ var (
 	ErrCanceled = &Error{Code: CodeCanceled, Message: "canceled"}
 	// ErrForbidden matches every forbidden error.
 	ErrForbidden = &Error{Code: CodeForbidden, Message: "forbidden"}
+	// ErrRateLimited matches every rate_limited error.
+	ErrRateLimited = &Error{Code: CodeRateLimited, Message: "rate limited"}
 )
 
 // Error returns "code: message", or just the code when there is no message.

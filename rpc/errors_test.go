@@ -17,6 +17,7 @@ func TestErrorString(t *testing.T) {
 		{Errorf(CodeNotFound, "no module %q", "x"), `not_found: no module "x"`},
 		{&Error{Code: CodeTimeout}, "timeout"},
 		{ErrForbidden, "forbidden: forbidden"},
+		{ErrRateLimited, "rate_limited: rate limited"},
 	}
 	for _, tt := range tests {
 		if got := tt.err.Error(); got != tt.want {

@@ -27,6 +27,8 @@ type API interface {
 	KickUser(userID, reason string) int
 	// Watch observes connection events until cancel is called.
 	Watch(fn func(Event)) (cancel func())
+	// Guard reserves a topic space: what clients may read and write there.
+	Guard(g TopicGuard) error
 }
 
 var _ API = (*Server)(nil)

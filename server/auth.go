@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -312,13 +313,20 @@ func reservedForWrite(topic string) bool {
 	return false
 }
 
-// authHook authenticates CONNECTs and enforces the ACL and reserved topics.
+// authHook authenticates CONNECTs and enforces the ACL, topic guards and
+// reserved topics.
 type authHook struct {
 	mqtt.HookBase
 	passwords *Passwords // nil: no password file
 	acl       *ACL       // nil: every authenticated client may use every topic
 	anonymous func(listener string) bool
 	onDenied  func()
+	// guards are the modules' reserved topic spaces (Server.Guard), copied
+	// on write: every delivery reads them, a module adds one at startup.
+	guards  atomic.Pointer[[]guard]
+	guardMu sync.Mutex // serializes writers of guards
+	// user resolves the user id the %u of a guard rule stands for.
+	user func(cl *mqtt.Client) string
 }
 
 var _ mqtt.Hook = (*authHook)(nil)
@@ -345,6 +353,14 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write && reservedForWrite(topic) {
 		h.denied()
 		return false
+	}
+	if gs := h.guards.Load(); gs != nil {
+		if ok, decided := checkGuards(*gs, cl, topic, write, h.user); decided {
+			if !ok {
+				h.denied()
+			}
+			return ok
+		}
 	}
 	if h.acl == nil {
 		return true

@@ -153,6 +153,7 @@ type Server struct {
 	listeners []*listener
 	sessions  *sessions
 	gateway   *gateway
+	auth      *authHook
 	inline    *mqtt.Client
 	remote    *mqtt.Client // publishes messages from other nodes (PublishRemote)
 	subID     atomic.Int64
@@ -204,7 +205,9 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.auth = ah
 	s.sessions = newSessions(s)
+	ah.user = s.sessions.guardUser
 	s.gateway = newGateway(s)
 	for _, h := range append([]mqtt.Hook{ah, s.sessions, s.gateway}, opts.Hooks...) {
 		if err := s.mq.AddHook(h, nil); err != nil {

@@ -51,10 +51,11 @@ type Event struct {
 
 // conn is Colony's view of one open connection.
 type conn struct {
-	cl     *mqtt.Client
-	user   string
-	values map[string]any
-	gone   chan struct{} // closed once the engine has reported the disconnect
+	cl      *mqtt.Client
+	user    string
+	unbound bool // a module unbound it: its username no longer counts (guardUser)
+	values  map[string]any
+	gone    chan struct{} // closed once the engine has reported the disconnect
 }
 
 // sessions binds connections to user ids and keeps per-session values. It is
@@ -69,10 +70,16 @@ type sessions struct {
 	nextW    int
 	bound    atomic.Int64
 	dropped  atomic.Int64
+	// away maps the client id of a persistent session whose connection
+	// ended to the user it was bound to, so topic guards still know whose
+	// deliveries the session may queue; forgotten when the session
+	// expires, is taken over or connects again.
+	away map[string]string
 }
 
 func newSessions(s *Server) *sessions {
-	return &sessions{s: s, conns: map[string]*conn{}, users: map[string]map[string]*conn{}, watchers: map[int]func(Event){}}
+	return &sessions{s: s, conns: map[string]*conn{}, users: map[string]map[string]*conn{}, away: map[string]string{},
+		watchers: map[int]func(Event){}}
 }
 
 var _ mqtt.Hook = (*sessions)(nil)
@@ -80,7 +87,7 @@ var _ mqtt.Hook = (*sessions)(nil)
 func (h *sessions) ID() string { return "colony-sessions" }
 
 func (h *sessions) Provides(b byte) bool {
-	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect
+	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect || b == mqtt.OnClientExpired
 }
 
 func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
@@ -93,6 +100,7 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		}
 	}
 	h.conns[cl.ID] = c
+	delete(h.away, cl.ID)
 	h.mu.Unlock()
 	h.emit(Connected, cl, "")
 	// A username checked against the password file is an identity the
@@ -104,7 +112,7 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 }
 
-func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	h.mu.Lock()
 	c, ok := h.conns[cl.ID]
 	if !ok || c.cl != cl { // already replaced by a newer connection with this id
@@ -113,10 +121,45 @@ func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	}
 	delete(h.conns, cl.ID)
 	user := c.user
+	if expire || user == "" {
+		delete(h.away, cl.ID)
+	} else {
+		h.away[cl.ID] = user
+	}
 	h.unbindLocked(c)
 	h.mu.Unlock()
 	close(c.gone)
 	h.emit(Disconnected, cl, user)
+}
+
+func (h *sessions) OnClientExpired(cl *mqtt.Client) {
+	h.mu.Lock()
+	delete(h.away, cl.ID)
+	h.mu.Unlock()
+}
+
+// guardUser returns the user id that %u stands for in topic guards (see
+// TopicGuard) for cl: the user bound to its connection; for a persistent
+// session whose client is away, the user it was bound to, so deliveries
+// queued for it meanwhile pass; and where the server checks passwords, the
+// username, which is what the connection is (or is about to be) bound to
+// unless a module unbound it. That last rule also covers sessions restored
+// from the store, whose bindings did not survive the restart.
+func (h *sessions) guardUser(cl *mqtt.Client) string {
+	h.mu.RLock()
+	c, connected := h.conns[cl.ID]
+	var user string
+	unbound := false
+	if connected {
+		user, unbound = c.user, c.unbound
+	} else {
+		user = h.away[cl.ID]
+	}
+	h.mu.RUnlock()
+	if user == "" && !unbound && h.s.authenticatesUsers() {
+		user = string(cl.Properties.Username)
+	}
+	return user
 }
 
 func (h *sessions) unbindLocked(c *conn) {
@@ -145,6 +188,7 @@ func (h *sessions) bind(clientID, user string) error {
 	}
 	h.unbindLocked(c)
 	c.user = ""
+	c.unbound = user == ""
 	var others []*mqtt.Client
 	if h.s.opts.SingleLogin && user != "" {
 		// Unbind now rather than when their sockets close, so pushes and

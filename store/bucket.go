@@ -187,11 +187,25 @@ func (b *Bucket[T]) write(ctx context.Context, what, key string, fn func(tx *bbo
 // fn may write to the DB; a Scan running alongside writes sees each key at
 // most once but not one point-in-time view of the whole range.
 func (b *Bucket[T]) Scan(prefix string, fn func(key string, v T) bool) error {
+	p := []byte(prefix)
+	return b.scan(p, func(k []byte) bool { return bytes.HasPrefix(k, p) }, fn)
+}
+
+// ScanRange calls fn for each key k with start <= k < end, in key order,
+// until fn returns false; an empty end means no upper bound. It reads in
+// chunks like Scan, so it suits paging through keys that sort by a
+// big-endian number, starting anywhere without reading what comes before.
+func (b *Bucket[T]) ScanRange(start, end string, fn func(key string, v T) bool) error {
+	e := []byte(end)
+	return b.scan([]byte(start), func(k []byte) bool { return len(e) == 0 || bytes.Compare(k, e) < 0 }, fn)
+}
+
+// scan calls fn for the records from the first key >= seek while in(key).
+func (b *Bucket[T]) scan(seek []byte, in func(k []byte) bool, fn func(key string, v T) bool) error {
 	type entry struct {
 		key string
 		v   T
 	}
-	p := []byte(prefix)
 	var after []byte
 	chunk := make([]entry, 0, scanChunk)
 	for {
@@ -205,11 +219,11 @@ func (b *Bucket[T]) Scan(prefix string, fn func(key string, v T) bool) error {
 			cur := bk.Cursor()
 			var k, raw []byte
 			if after == nil {
-				k, raw = cur.Seek(p)
+				k, raw = cur.Seek(seek)
 			} else if k, raw = cur.Seek(after); k != nil && bytes.Equal(k, after) {
 				k, raw = cur.Next()
 			}
-			for ; k != nil && bytes.HasPrefix(k, p); k, raw = cur.Next() {
+			for ; k != nil && in(k); k, raw = cur.Next() {
 				if len(chunk) == scanChunk {
 					more = true
 					break

@@ -5,7 +5,8 @@
 // the hook returned by [DB.MQTTHook]; those writes go through a group-commit
 // loop so that durability costs one fsync per batch rather than one per
 // message. Modules keep their own records through [Bucket], a small typed
-// key/value API whose writes return only once committed.
+// key/value API whose writes return only once committed; a [Batch] commits
+// writes to several buckets in one transaction.
 //
 // Layout inside the file:
 //

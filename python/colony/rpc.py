@@ -58,6 +58,7 @@ INTERNAL = "internal"
 UNAVAILABLE = "unavailable"
 CANCELED = "canceled"
 FORBIDDEN = "forbidden"
+RATE_LIMITED = "rate_limited"
 
 _NO_ROUTE = 312  # basic.return reply code: no queue is bound for the key
 _RESOURCE_LOCKED = 405  # an exclusive queue belongs to another connection

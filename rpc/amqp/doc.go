@@ -62,8 +62,8 @@
 //
 //	success  body = the JSON result, content_type as for requests
 //	failure  empty body, no content_type, headers error_code: the rpc.Code ("not_found", "timeout",
-//	         "bad_request", "internal", "unavailable", "canceled", "forbidden"),
-//	         error: the message
+//	         "bad_request", "internal", "unavailable", "canceled", "forbidden",
+//	         "rate_limited"), error: the message
 //
 // The caller rebuilds an *rpc.Error with the same code, so errors.Is(err,
 // rpc.ErrForbidden) holds across the wire; a result comes back as rpc.Raw.
