@@ -81,6 +81,11 @@ type LimitsConfig struct {
 	// SlowClientTimeout is how long publishers wait for a full subscriber
 	// queue to drain before that subscriber counts as stalled; default "5s".
 	SlowClientTimeout Duration `toml:"slow_client_timeout"`
+	MaxTopicLevels    int      `toml:"max_topic_levels"`  // levels of a topic or filter; default 128; -1: no limit
+	MaxSubscriptions  int      `toml:"max_subscriptions"` // topic filters per client; default 1000; -1: no limit
+	PublishRate       int      `toml:"publish_rate"`      // PUBLISH packets per second per client (faster: read slower); default 20000; -1: no limit
+	PublishBurst      int      `toml:"publish_burst"`     // publishes above the rate a client may send at once; default: publish_rate
+	MaxKeepalive      Duration `toml:"max_keepalive"`     // longest keep-alive a client may ask for; default "1h"
 }
 
 // SessionsConfig controls the user/session layer.
@@ -291,7 +296,7 @@ func (c *Config) Validate(known []string) error {
 	if !slices.Contains([]string{"auto", "json", "console"}, c.Log.Format) {
 		bad("log.format", "%q is not auto, json or console", c.Log.Format)
 	}
-	if c.Limits.RPCConcurrency < 0 || c.RPC.Workers < 0 || c.RPC.Queue < 0 || c.Limits.MaxConnections < 0 {
+	if c.Limits.RPCConcurrency < 0 || c.RPC.Workers < 0 || c.RPC.Queue < 0 || c.Limits.MaxConnections < 0 || c.Limits.PublishBurst < 0 {
 		bad("limits", "counts must not be negative")
 	}
 	seen := map[string]bool{}

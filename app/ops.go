@@ -73,6 +73,23 @@ func newMetrics(a *App) *metrics.Set {
 	gauge("colony_mqtt_bytes_sent_total", func() float64 { return float64(srv().Info.BytesSent) })
 	gauge("colony_mqtt_connection_panics_total", func() float64 { return float64(srv().Panics) })
 	gauge("colony_mqtt_acl_denied_total", func() float64 { return float64(srv().ACLDenied) })
+	lim := func() server.LimitStats { return srv().Limits }
+	for _, m := range []struct {
+		reason string
+		f      func(server.LimitStats) int64
+	}{
+		{"connect_timeout", func(l server.LimitStats) int64 { return l.ConnectTimeouts }},
+		{"max_connections", func(l server.LimitStats) int64 { return l.ConnectionsRefused }},
+		{"connect_refused", func(l server.LimitStats) int64 { return l.ConnectsRefused }},
+		{"packet_too_large", func(l server.LimitStats) int64 { return l.PacketsTooLarge }},
+		{"malformed", func(l server.LimitStats) int64 { return l.MalformedPackets }},
+		{"receive_maximum", func(l server.LimitStats) int64 { return l.ReceiveMaximum }},
+		{"topic_levels", func(l server.LimitStats) int64 { return l.TopicLevels }},
+		{"max_subscriptions", func(l server.LimitStats) int64 { return l.SubscriptionQuota }},
+	} {
+		gauge(`colony_mqtt_limit_refusals_total{reason="`+m.reason+`"}`, func() float64 { return float64(m.f(lim())) })
+	}
+	gauge("colony_mqtt_publishes_throttled_total", func() float64 { return float64(lim().PublishesThrottled) })
 	gauge("colony_users_bound", func() float64 { return float64(srv().UsersBound) })
 	gauge("colony_gateway_requests_total", func() float64 { return float64(srv().RPCRequests) })
 	gauge("colony_gateway_request_errors_total", func() float64 { return float64(srv().RPCErrors) })

@@ -77,6 +77,15 @@ type Limits struct {
 	// then dropped and counted; a QoS 1/2 subscriber is disconnected and its
 	// session keeps the messages).
 	SlowClientTimeout time.Duration
+	MaxTopicLevels    int     // levels of a topic or filter; more: PUBLISH closes (0x90), SUBSCRIBE refused (0x8F); < 0: no limit
+	MaxSubscriptions  int     // filters one client may hold; more are refused (SUBACK 0x97); < 0: no limit
+	PublishRate       float64 // PUBLISH packets per second per client; a faster client is read more slowly; < 0: no limit
+	PublishBurst      int     // publishes a client may send at once above PublishRate
+	// MaxKeepalive caps the keep-alive a client may ask for. MQTT 5 clients
+	// asking for more (or 0) are told this one (CONNACK Server Keep Alive);
+	// 3.1.1 clients asking for more are refused (0x02, as Mosquitto does),
+	// and those asking for 0 are closed after 1.5 x MaxKeepalive of silence.
+	MaxKeepalive time.Duration
 }
 
 // Options configures a Server. Zero values take the defaults named on each field of Limits via DefaultLimits.
@@ -117,6 +126,11 @@ func DefaultLimits() Limits {
 		RPCConcurrency:    1024,
 		MaxTopicAliasSize: 1024,
 		SlowClientTimeout: 5 * time.Second,
+		MaxTopicLevels:    128,
+		MaxSubscriptions:  1000,
+		PublishRate:       20_000,
+		PublishBurst:      20_000,
+		MaxKeepalive:      time.Hour,
 	}
 }
 
@@ -134,6 +148,14 @@ func (l *Limits) fill() {
 	orDefault(&l.RPCConcurrency, d.RPCConcurrency)
 	orDefault(&l.MaxTopicAliasSize, d.MaxTopicAliasSize)
 	orDefault(&l.SlowClientTimeout, d.SlowClientTimeout)
+	orDefault(&l.MaxTopicLevels, d.MaxTopicLevels)
+	orDefault(&l.MaxSubscriptions, d.MaxSubscriptions)
+	orDefault(&l.PublishRate, d.PublishRate)
+	orDefault(&l.PublishBurst, max(1, int(l.PublishRate)))
+	orDefault(&l.MaxKeepalive, d.MaxKeepalive)
+	l.MaxKeepalive = min(l.MaxKeepalive, 65535*time.Second)
+	// A negative limit switches it off (the engine's 0).
+	l.MaxTopicLevels, l.MaxSubscriptions, l.PublishRate = max(l.MaxTopicLevels, 0), max(l.MaxSubscriptions, 0), max(l.PublishRate, 0)
 }
 
 // orDefault sets *v to d when *v is the zero value.
@@ -160,8 +182,9 @@ type Server struct {
 	started   atomic.Bool
 	closeOnce sync.Once
 
-	panics atomic.Int64
-	denied atomic.Int64
+	panics          atomic.Int64
+	refusedConnects atomic.Int64 // CONNECTs refused by limitsHook
+	denied          atomic.Int64
 }
 
 // New builds a server from opts: it validates them and reads the password and
@@ -180,6 +203,10 @@ func New(opts Options) (*Server, error) {
 	caps.MaximumSessionExpiryInterval = opts.Limits.MaxSessionExpiry
 	caps.TopicAliasMaximum = opts.Limits.MaxTopicAliasSize
 	caps.SlowClientPatience = opts.Limits.SlowClientTimeout
+	caps.MaximumTopicLevels = opts.Limits.MaxTopicLevels
+	caps.MaximumClientSubscriptions = opts.Limits.MaxSubscriptions
+	caps.MaximumPublishRate = opts.Limits.PublishRate
+	caps.PublishBurst = opts.Limits.PublishBurst
 	// Strict MQTT 5 clients (paho) reject acks that echo the publisher's user properties.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 
@@ -209,7 +236,7 @@ func New(opts Options) (*Server, error) {
 	s.sessions = newSessions(s)
 	ah.user = s.sessions.guardUser
 	s.gateway = newGateway(s)
-	for _, h := range append([]mqtt.Hook{ah, s.sessions, s.gateway}, opts.Hooks...) {
+	for _, h := range append([]mqtt.Hook{&limitsHook{s: s}, ah, s.sessions, s.gateway}, opts.Hooks...) {
 		if err := s.mq.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}
@@ -382,6 +409,20 @@ type Stats struct {
 	UsersBound     int64 // connections bound to a user id
 	PushesDropped  int64 // pushes that found no connection
 	RepliesDropped int64 // replies that could not be sent
+	Limits         LimitStats
+}
+
+// LimitStats counts what the limits refused or closed.
+type LimitStats struct {
+	ConnectTimeouts    int64 // sockets closed for sending no CONNECT within Limits.ConnectTimeout
+	ConnectionsRefused int64 // CONNECTs refused at Limits.MaxConnections
+	ConnectsRefused    int64 // CONNECTs refused for a reserved client id or a keep-alive above Limits.MaxKeepalive
+	PacketsTooLarge    int64 // connections closed for a packet above Limits.MaxPacketSize
+	MalformedPackets   int64 // connections closed for a malformed packet or a protocol error
+	ReceiveMaximum     int64 // connections closed for too many unacknowledged inbound QoS 2 messages
+	TopicLevels        int64 // topics and filters refused for more than Limits.MaxTopicLevels levels
+	SubscriptionQuota  int64 // filters refused at Limits.MaxSubscriptions
+	PublishesThrottled int64 // publishes that had to wait for Limits.PublishRate
 }
 
 // Stats returns the current counters.
@@ -390,6 +431,14 @@ func (s *Server) Stats() Stats {
 		Info:      *s.mq.Info.Clone(),
 		Panics:    s.panics.Load(),
 		ACLDenied: s.denied.Load(),
+	}
+	r := &s.mq.Refused
+	st.Limits = LimitStats{
+		ConnectTimeouts: r.ConnectTimeouts.Load(), ConnectionsRefused: r.ConnectionsRefused.Load(),
+		ConnectsRefused: s.refusedConnects.Load(), PacketsTooLarge: r.PacketsTooLarge.Load(),
+		MalformedPackets: r.MalformedPackets.Load(), ReceiveMaximum: r.ReceiveMaximum.Load(),
+		TopicLevels: r.TopicLevels.Load(), SubscriptionQuota: r.SubscriptionQuota.Load(),
+		PublishesThrottled: r.PublishesThrottled.Load(),
 	}
 	st.RPCRequests, st.RPCErrors, st.RPCInFlight, st.RepliesDropped = s.gateway.stats()
 	st.UsersBound, st.PushesDropped = s.sessions.stats()

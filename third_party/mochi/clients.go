@@ -163,6 +163,7 @@ type ClientState struct {
 	packetIDMu      sync.Mutex         // COLONY PATCH P7: guards packetID allocation
 	Keepalive       uint16             // the number of seconds the connection can wait
 	ServerKeepalive bool               // keepalive was set by the server
+	publishRate     publishBucket      // COLONY PATCH P15: MaximumPublishRate
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -290,7 +291,8 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 func (cl *Client) refreshDeadline(keepalive uint16) {
 	var expiry time.Time // nil time can be used to disable deadline if keepalive = 0
 	if keepalive > 0 {
-		expiry = time.Now().Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
+		// COLONY PATCH P15: in int, not uint16, which wrapped for keep-alives above 43,690 s.
+		expiry = time.Now().Add(time.Duration(int(keepalive)+int(keepalive)/2) * time.Second) // [MQTT-3.1.2-22]
 	}
 
 	if cl.Net.Conn != nil {

@@ -71,6 +71,11 @@ type Capabilities struct {
 	// session; MaximumInflight is then only the window of a connected
 	// client. 0 means MaximumInflight (upstream behaviour).
 	MaximumSessionQueue int `yaml:"-" json:"-"`
+	// COLONY PATCH P15: limits against hostile clients. 0 means no limit.
+	MaximumTopicLevels         int     `yaml:"-" json:"-"` // levels of a topic name or filter; more: 0x90 / 0x8F
+	MaximumClientSubscriptions int     `yaml:"-" json:"-"` // filters one client holds; more: SUBACK 0x97
+	MaximumPublishRate         float64 `yaml:"-" json:"-"` // PUBLISH packets per second per client; faster ones wait
+	PublishBurst               int     `yaml:"-" json:"-"` // publishes a client may send at once above the rate
 }
 
 // NewDefaultServerCapabilities defines the default features and capabilities provided by the server.
@@ -154,6 +159,7 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+	Refused      Refusals             // COLONY PATCH P15: what limits refused
 }
 
 // loop contains interval tickers for the system events loop.
@@ -421,11 +427,19 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
+		s.countConnectError(err) // COLONY PATCH P15
+		var code packets.Code
+		if pk.FixedHeader.Type == packets.Connect && pk.ProtocolVersion == 5 && errors.As(err, &code) && code.Code >= packets.ErrUnspecifiedError.Code {
+			// COLONY PATCH P15: an MQTT 5 client learns why its CONNECT was refused [MQTT-4.13].
+			cl.Properties.ProtocolVersion = 5
+			_ = s.SendConnack(cl, code, false, nil) // closing anyway
+		}
 		return fmt.Errorf("read connection: %w", err)
 	}
 
 	cl.ParseConnect(listener, pk)
 	if atomic.LoadInt64(&s.Info.ClientsConnected) >= s.Options.Capabilities.MaximumClients {
+		s.Refused.ConnectionsRefused.Add(1) // COLONY PATCH P15
 		if cl.Properties.ProtocolVersion < 5 {
 			s.SendConnack(cl, packets.ErrServerUnavailable, false, nil)
 		} else {
@@ -484,6 +498,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	err = cl.Read(s.receivePacket)
 	if err != nil {
+		s.countReadError(cl, err) // COLONY PATCH P15: count, and tell an MQTT 5 client why
 		s.sendLWT(cl)
 		cl.Stop(err)
 	} else {
@@ -546,12 +561,18 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 // validateConnect validates that a connect packet is compliant.
 func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 	code := pk.ConnectValidate() // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
+	if code == packets.ErrProtocolViolationProtocolVersion {
+		// COLONY PATCH P15: an unknown protocol level gets 3.1.1's CONNACK
+		// 0x01 [MQTT-3.1.2-2], which clients of every version can read.
+		cl.Properties.ProtocolVersion = 4
+		return packets.ErrUnsupportedProtocolVersion
+	}
 	if code != packets.CodeSuccess {
 		return code
 	}
 
 	if cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "" {
-		return packets.ErrUnspecifiedError
+		return packets.ErrClientIdentifierNotValid // COLONY PATCH P15: 3.1.1's 0x02 [MQTT-3.1.3-8]
 	}
 
 	if cl.Properties.ProtocolVersion < s.Options.Capabilities.MinimumProtocolVersion {
@@ -628,9 +649,13 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 
 	if reason.Code >= packets.ErrUnspecifiedError.Code {
 		if cl.Properties.ProtocolVersion < 5 {
-			if v3reason, ok := packets.V5CodesToV3[reason]; ok { // NB v3 3.2.2.3 Connack return codes
-				reason = v3reason
+			v3reason, ok := packets.V5CodesToV3[reason] // NB v3 3.2.2.3 Connack return codes
+			if !ok {
+				// COLONY PATCH P15: 3.1.1 has no code for it (values above 5
+				// are reserved), so the connection just closes.
+				return nil
 			}
+			reason = v3reason
 		}
 
 		properties.ReasonString = reason.Reason
@@ -643,6 +668,10 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 			Properties:     *properties,
 		}
 		return cl.WritePacket(ack)
+	}
+
+	if s.Options.Capabilities.MaximumPacketSize > 0 { // COLONY PATCH P15: [MQTT-3.2.2-15] clients must know the limit
+		properties.MaximumPacketSize = s.Options.Capabilities.MaximumPacketSize
 	}
 
 	if s.Options.Capabilities.MaximumQos < 2 {
@@ -875,6 +904,12 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		}
 		return s.denyPublish(cl, pk)
 	}
+
+	if !cl.Net.Inline && tooManyLevels(pk.TopicName, s.Options.Capabilities.MaximumTopicLevels) { // COLONY PATCH P15
+		s.Refused.TopicLevels.Add(1)
+		return packets.ErrTopicNameInvalid
+	}
+	s.throttle(cl) // COLONY PATCH P15
 
 	if atomic.LoadInt32(&cl.State.Inflight.receiveQuota) == 0 {
 		return s.DisconnectClient(cl, packets.ErrReceiveMaximum) // ~[MQTT-3.3.4-7] ~[MQTT-3.3.4-8]
@@ -1446,6 +1481,13 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 			continue
 		} else if !IsValidFilter(sub.Filter, false) {
 			reasonCodes[i] = packets.ErrTopicFilterInvalid.Code
+		} else if tooManyLevels(sub.Filter, s.Options.Capabilities.MaximumTopicLevels) { // COLONY PATCH P15
+			s.Refused.TopicLevels.Add(1)
+			reasonCodes[i] = packets.ErrTopicFilterInvalid.Code
+		} else if limit := s.Options.Capabilities.MaximumClientSubscriptions; limit > 0 &&
+			cl.State.Subscriptions.Len() >= limit && !cl.holds(sub.Filter) { // COLONY PATCH P15
+			s.Refused.SubscriptionQuota.Add(1)
+			reasonCodes[i] = packets.ErrQuotaExceeded.Code
 		} else if sub.NoLocal && IsSharedFilter(sub.Filter) {
 			reasonCodes[i] = packets.ErrProtocolViolationInvalidSharedNoLocal.Code // [MQTT-3.8.3-4]
 		} else if !s.hooks.OnACLCheck(cl, sub.Filter, false) {
@@ -1619,7 +1661,10 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 
 	// We already have a code we are using to disconnect the client, so we are not
 	// interested if the write packet fails due to a closed connection (as we are closing it).
-	err := cl.WritePacket(out)
+	var err error
+	if cl.Properties.ProtocolVersion == 5 { // COLONY PATCH P15: 3.1.1 servers send no DISCONNECT; they close
+		err = cl.WritePacket(out)
+	}
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
 		if code.Code >= packets.ErrUnspecifiedError.Code {

@@ -379,6 +379,13 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	}
 
 	bt := b.Bytes()
+	// COLONY PATCH P15: the properties end where their length says; upstream
+	// read values past it (into the payload) and accepted any property twice.
+	if n > len(bt) {
+		return n + bu, ErrMalformedProperties
+	}
+	bt = bt[:n]
+	var seen uint64 // property ids below 64 already decoded
 	var k byte
 	for offset := 0; offset < n; {
 		k, offset, err = decodeByte(bt, offset)
@@ -388,6 +395,12 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 
 		if _, ok := validPacketProperties[k][pkt]; !ok {
 			return n + bu, fmt.Errorf("property type %v not valid for packet type %v: %w", k, pkt, ErrProtocolViolationUnsupportedProperty)
+		}
+		if k < 64 && k != PropUser && k != PropSubscriptionIdentifier {
+			if seen&(1<<k) != 0 {
+				return n + bu, fmt.Errorf("property type %v more than once: %w", k, ErrProtocolViolationDuplicateProperty)
+			}
+			seen |= 1 << k
 		}
 
 		switch k {
