@@ -327,7 +327,14 @@ func loadTLS(opts Options) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load tls certificate: %w", err)
 	}
-	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		// TLS 1.2 with forward secrecy and AEAD only (TLS 1.3's suites are all such);
+		// Go's defaults still include CBC suites with SHA-1 MACs.
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		}}
 	if opts.TLS.ClientCAFile != "" {
 		pool, err := loadCertPool(opts.TLS.ClientCAFile)
 		if err != nil {

@@ -218,7 +218,7 @@ func (cl *Client) writeBatch(batch []outItem) {
 			if it.shared != nil {
 				pk = &it.shared.pk
 			}
-			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(*pk))
 		}
 	}
 	cl.State.writing.Store(0)

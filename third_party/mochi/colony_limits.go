@@ -4,6 +4,7 @@ package mqtt
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -112,4 +113,11 @@ func (s *Server) countConnectError(err error) {
 func (cl *Client) holds(filter string) bool {
 	_, ok := cl.State.Subscriptions.Get(filter)
 	return ok
+}
+
+// packetSummary describes a packet for logs without its payload or
+// credentials: upstream logged whole packets, CONNECT passwords included
+// (base64 in JSON logs), whenever one failed.
+func packetSummary(pk packets.Packet) string {
+	return fmt.Sprintf("%s id=%d qos=%d topic=%q", packets.PacketNames[pk.FixedHeader.Type], pk.PacketID, pk.FixedHeader.Qos, pk.TopicName)
 }

@@ -284,7 +284,7 @@ func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet,
 	for _, hook := range h.providing(OnPacketRead) {
 		npk, err := hook.OnPacketRead(cl, pkx)
 		if err != nil && errors.Is(err, packets.ErrRejectPacket) {
-			h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)
+			h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", packetSummary(pkx))
 			return pk, err
 		} else if err != nil {
 			continue
@@ -395,7 +395,7 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 				h.Log.Debug("publish packet rejected",
 					"error", err,
 					"hook", hook.ID(),
-					"packet", pkx)
+					"packet", packetSummary(pkx))
 				return pk, err
 			} else if errors.Is(err, packets.CodeSuccessIgnore) {
 				return pk, err
@@ -403,7 +403,7 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 			h.Log.Error("publish packet error",
 				"error", err,
 				"hook", hook.ID(),
-				"packet", pkx)
+				"packet", packetSummary(pkx))
 			return pk, err
 		}
 		pkx = npk

@@ -550,7 +550,7 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 			_ = s.DisconnectClient(cl, code)
 		}
 
-		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", packetSummary(pk))
 
 		return err
 	}
@@ -1094,7 +1094,7 @@ func (s *Server) publishToSubscribersWait(pk packets.Packet, patience time.Durat
 		if cl, ok := s.Clients.Get(id); ok {
 			err := s.publishToClient(cl, subs, &pk, patience, &shared)
 			if err != nil {
-				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(pk))
 			}
 		}
 	}
@@ -1354,7 +1354,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
 		err := s.publishToClient(cl, sub, &pkv, s.Options.Capabilities.SlowClientPatience, nil)
 		if err != nil {
-			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
+			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", packetSummary(pkv))
 			continue
 		}
 		s.hooks.OnRetainPublished(cl, pkv)
