@@ -282,6 +282,9 @@ func decodeBatch(origin string, body []byte) ([]message, error) {
 		if r.Topic == "" {
 			return out, fmt.Errorf("batch from %s: record without topic", origin)
 		}
+		if !validTopic(r.Topic) {
+			return out, fmt.Errorf("batch from %s: invalid topic name %q", origin, r.Topic)
+		}
 		pk := packets.Packet{
 			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: min(r.QoS, 2), Retain: r.Retain},
 			TopicName:   r.Topic,

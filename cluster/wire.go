@@ -2,7 +2,10 @@ package cluster
 
 import (
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -158,6 +161,9 @@ func decode(d *amqp091.Delivery) (message, error) {
 	if topic == "" {
 		return m, fmt.Errorf("federated message from %s without %s header", m.origin, HeaderTopic)
 	}
+	if !validTopic(topic) {
+		return m, fmt.Errorf("federated message from %s: invalid topic name %q", m.origin, topic)
+	}
 	qos, _ := headerInt(h, HeaderQoS)
 	m.ts, _ = headerInt(h, HeaderTime)
 	retain, _ := h[HeaderRetain].(bool)
@@ -195,6 +201,14 @@ func decode(d *amqp091.Delivery) (message, error) {
 }
 
 func headerString(h amqp091.Table, key string) string { return asString(h[key]) }
+
+// validTopic reports whether a topic from the wire is one an MQTT client
+// could publish: no wildcards, valid UTF-8 without U+0000. The engine trusts
+// what federation hands it, so a peer's bad topic would otherwise reach
+// subscribers and the retained store.
+func validTopic(topic string) bool {
+	return mqtt.IsValidFilter(topic, true) && utf8.ValidString(topic) && !strings.ContainsRune(topic, 0)
+}
 
 func asString(v any) string {
 	switch v := v.(type) {
