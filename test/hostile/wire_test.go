@@ -200,6 +200,8 @@ func dialWS(t *testing.T, addr string) *raw {
 	return &raw{t: t, conn: ws, r: bufio.NewReader(ws)}
 }
 
+func dialErr(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, apptest.Wait) }
+
 func dial(t *testing.T, addr string) *raw {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
