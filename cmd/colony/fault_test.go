@@ -135,3 +135,30 @@ func fileSum(t *testing.T, path string) [32]byte {
 	}
 	return sha256.Sum256(b)
 }
+
+// `colony store compact` refuses a store a node is using, with one line
+// that says so, and compacts it once the node has stopped.
+func TestStoreCompactCommand(t *testing.T) {
+	data := t.TempDir()
+	db, err := store.Open(filepath.Join(data, "colony.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"store", "compact", "--data", data}, nil, &out, &errb); code != 1 {
+		t.Fatalf("exit %d with the store open, want 1", code)
+	}
+	if line := strings.TrimSpace(errb.String()); !strings.Contains(line, "locked") || !strings.Contains(line, "stop colony serve") {
+		t.Fatalf("stderr %q", line)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := run([]string{"store", "compact", "--data", data}, nil, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "bytes") {
+		t.Fatalf("stdout %q", out.String())
+	}
+}

@@ -32,6 +32,8 @@ usage:
   colony serve [flags]        run a node (no config needed; see colony serve -h)
   colony passwd [-f file] U   add or change user U in a password file
   colony bench [flags]        load-test a broker by URL (see colony bench -h)
+  colony store compact [-c colony.toml] [--data DIR]
+                              rewrite the store file without its free space (node stopped)
   colony version              print version, commit, Go version and platform
 `
 
@@ -52,6 +54,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = passwd(args[1:], stdin, stdout, stderr)
 	case "bench":
 		err = benchCmd(args[1:], stdout, stderr)
+	case "store":
+		err = storeCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, app.VersionString())
 	case "help", "-h", "--help":
