@@ -137,7 +137,7 @@ func subscribe5(id uint16, filters ...string) []byte {
 
 // raw is a client that writes bytes and reads packets by hand.
 type raw struct {
-	t    *testing.T
+	t    testing.TB
 	conn stream
 	r    *bufio.Reader
 }
@@ -202,7 +202,7 @@ func dialWS(t *testing.T, addr string) *raw {
 
 func dialErr(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, apptest.Wait) }
 
-func dial(t *testing.T, addr string) *raw {
+func dial(t testing.TB, addr string) *raw {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
 	if err != nil {
