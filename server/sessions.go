@@ -106,7 +106,7 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	// A username checked against the password file is an identity the
 	// server vouches for, so it becomes the user id until a module rebinds.
 	if user := string(cl.Properties.Username); user != "" && h.s.authenticatesUsers() {
-		if err := h.bind(cl.ID, user); err != nil {
+		if err := h.bind(cl.ID, user, nil); err != nil {
 			h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
 		}
 	}
@@ -179,12 +179,20 @@ func (h *sessions) unbindLocked(c *conn) {
 	// c.user stays: a connection on its way out still reports who it was.
 }
 
-func (h *sessions) bind(clientID, user string) error {
+// bind binds a connection to user ("" unbinds); check, when not nil,
+// vets the connection first, under the lock.
+func (h *sessions) bind(clientID, user string, check func(*conn) error) error {
 	h.mu.Lock()
 	c, ok := h.conns[clientID]
 	if !ok {
 		h.mu.Unlock()
 		return fmt.Errorf("bind %q to user %q: %w", clientID, user, ErrNoClient)
+	}
+	if check != nil {
+		if err := check(c); err != nil {
+			h.mu.Unlock()
+			return err
+		}
 	}
 	h.unbindLocked(c)
 	c.user = ""
@@ -271,7 +279,34 @@ func (s *Server) Watch(fn func(Event)) (cancel func()) {
 
 // BindUser binds a connected client to a user id ("" unbinds). With
 // SingleLogin, the user's other connections are disconnected.
-func (s *Server) BindUser(clientID, userID string) error { return s.sessions.bind(clientID, userID) }
+func (s *Server) BindUser(clientID, userID string) error {
+	return s.sessions.bind(clientID, userID, nil)
+}
+
+// ErrNotTrusted reports that a client may not choose its own user id
+// (ClaimUser).
+var ErrNotTrusted = errors.New("client may not choose its user id")
+
+// ClaimUser binds a connected client to a user id of the client's own
+// choosing, as BindUser does, but only where the server trusts its
+// clients with that: it checks no passwords (no password file) and the
+// client came in anonymously on a listener bound to loopback, where every
+// client is the machine's own user (the trust Mosquitto 2 gives anonymous
+// loopback clients). Elsewhere it returns ErrNotTrusted: identities come
+// from the password file or from a module's BindUser. It serves demos and
+// local tools, such as the im module's web page.
+func (s *Server) ClaimUser(clientID, userID string) error {
+	if userID == "" {
+		return fmt.Errorf("claim user for %q: empty user id: %w", clientID, ErrInvalidOptions)
+	}
+	return s.sessions.bind(clientID, userID, func(c *conn) error {
+		if !s.auth.claims(c.cl.Net.Listener) {
+			return fmt.Errorf("claim user %q for %q: the server checks passwords or the listener is not loopback: %w",
+				userID, clientID, ErrNotTrusted)
+		}
+		return nil
+	})
+}
 
 // UserOf returns the user id bound to a connected client.
 func (s *Server) UserOf(clientID string) (string, bool) {
