@@ -61,6 +61,17 @@ type Web interface {
 	Web() http.Handler
 }
 
+// Configurable is implemented by modules that take settings from their
+// [modules.<id>] table in colony.toml.
+type Configurable interface {
+	// Settings returns a pointer to the module's settings struct (with toml
+	// tags), holding its defaults. Before any module's Init, the App
+	// decodes the table into it strictly: an unknown key or a wrong type
+	// fails the start with an error naming the key. Init validates the
+	// values. Without a table Settings is not called.
+	Settings() any
+}
+
 // Host is what a module gets to work with. Fields are set before Init and
 // stay valid until the module's Stop returns.
 type Host struct {

@@ -100,6 +100,10 @@
 // clear is remembered, so an older message arriving late does not undo
 // it); an older version still reaches current subscribers as an ordinary
 // message. Local stamps never go backwards behind stamps seen from peers.
+// The order is decided just before the engine stores a message, not in
+// one step with it: a local and a remote version of one topic handled by
+// a node at the same instant can be stored in the opposite order (a known
+// limitation; closing it needs the engine to store under the decision).
 //
 // When a node connects (at start and after every reconnect) it publishes a
 // sync request to colony.retained (headers origin, type "sync_request";
