@@ -50,17 +50,6 @@ type Guarded interface {
 	Guards() []server.TopicGuard
 }
 
-// Configurable is implemented by modules that take settings from their
-// [modules.<id>] table in colony.toml.
-type Configurable interface {
-	// Settings returns a pointer to the module's settings struct (with toml
-	// tags), holding its defaults. Before any module's Init, the App
-	// decodes the table into it strictly: an unknown key or a wrong type
-	// fails the start with an error naming the key. Init validates the
-	// values. Without a table Settings is not called.
-	Settings() any
-}
-
 // Web is implemented by modules that serve HTTP, such as a demo page, on
 // the node's HTTP listener (listeners.http, next to /healthz and
 // /metrics). The App calls Web once, after the module's Start, and mounts
@@ -70,6 +59,17 @@ type Configurable interface {
 // node serve nothing here; a nil handler serves nothing either.
 type Web interface {
 	Web() http.Handler
+}
+
+// Configurable is implemented by modules that take settings from their
+// [modules.<id>] table in colony.toml.
+type Configurable interface {
+	// Settings returns a pointer to the module's settings struct (with toml
+	// tags), holding its defaults. Before any module's Init, the App
+	// decodes the table into it strictly: an unknown key or a wrong type
+	// fails the start with an error naming the key. Init validates the
+	// values. Without a table Settings is not called.
+	Settings() any
 }
 
 // Host is what a module gets to work with. Fields are set before Init and

@@ -23,6 +23,12 @@ const (
 	Connected    EventKind = iota + 1 // a client finished CONNECT
 	Disconnected                      // a client's connection ended
 	UserBound                         // a connection was bound to a user id
+	// RemoteOnline: in a cluster, a user got its first connection on
+	// another node (Event.Node); ClientID is empty.
+	RemoteOnline
+	// RemoteOffline: a user lost its last connection on another node,
+	// or that node stopped, or was not heard from for too long.
+	RemoteOffline
 )
 
 // String returns the event name.
@@ -34,6 +40,10 @@ func (k EventKind) String() string {
 		return "disconnected"
 	case UserBound:
 		return "user_bound"
+	case RemoteOnline:
+		return "remote_online"
+	case RemoteOffline:
+		return "remote_offline"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -47,6 +57,7 @@ type Event struct {
 	Listener string
 	Remote   string
 	Time     time.Time
+	Node     string // RemoteOnline, RemoteOffline: the other node; "" for this node's events
 }
 
 // conn is Colony's view of one open connection.
@@ -261,8 +272,10 @@ func (h *sessions) stats() (bound, dropped int64) { return h.bound.Load(), h.dro
 
 func (s *Server) authenticatesUsers() bool { return s.opts.Auth.PasswordFile != "" }
 
-// Watch calls fn for every connection event until cancel is called. fn runs
-// on the connection's goroutine and must not block.
+// Watch calls fn for every connection event until cancel is called, and
+// in a cluster for users coming online and going offline on the other
+// nodes (RemoteOnline, RemoteOffline). fn runs on the connection's (or
+// message federation's) goroutine and must not block.
 func (s *Server) Watch(fn func(Event)) (cancel func()) {
 	h := s.sessions
 	h.mu.Lock()
@@ -274,6 +287,27 @@ func (s *Server) Watch(fn func(Event)) (cancel func()) {
 		h.mu.Lock()
 		delete(h.watchers, id)
 		h.mu.Unlock()
+	}
+}
+
+// RemoteUser tells Watch callbacks that a user got its first connection
+// (online) or lost its last one on another node of the cluster; message
+// federation calls it.
+func (s *Server) RemoteUser(node, userID string, online bool) {
+	h := s.sessions
+	h.mu.RLock()
+	ws := make([]func(Event), 0, len(h.watchers))
+	for _, w := range h.watchers {
+		ws = append(ws, w)
+	}
+	h.mu.RUnlock()
+	kind := RemoteOffline
+	if online {
+		kind = RemoteOnline
+	}
+	ev := Event{Kind: kind, UserID: userID, Node: node, Time: time.Now()}
+	for _, w := range ws {
+		w(ev)
 	}
 }
 

@@ -50,6 +50,7 @@
 // cluster (modules.enabled) and reach it from the others over RPC, which
 // is what keeps sequence numbers unique per conversation. Deliveries are
 // ordinary publishes, which message federation carries to users connected
-// to other nodes. Presence, however, counts only the connections of the
-// node running im.
+// to other nodes. Presence counts the connections of every node: message
+// federation reports users connected elsewhere (server.RemoteOnline and
+// server.RemoteOffline).
 package im
