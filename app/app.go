@@ -111,6 +111,19 @@ func (a *App) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	for _, m := range a.all {
+		table, ok := a.cfg.Modules.Settings[m.ID()]
+		if !ok {
+			continue
+		}
+		c, ok := m.(Configurable)
+		if !ok {
+			return fmt.Errorf("modules.%s: the module takes no settings: %w", m.ID(), ErrConfig)
+		}
+		if err := DecodeSettings(m.ID(), table, c.Settings()); err != nil {
+			return err
+		}
+	}
 
 	var undo []func(context.Context) error
 	defer func() {

@@ -343,3 +343,67 @@ func TestGuardsOfModulesNotEnabledHere(t *testing.T) {
 		}
 	}
 }
+
+// tuned takes settings from its [modules.tuned] table.
+type tuned struct {
+	app.Base
+	opts struct {
+		Greeting string       `toml:"greeting"`
+		Every    app.Duration `toml:"every"`
+	}
+	seen string // the greeting Init saw
+}
+
+func (*tuned) ID() string      { return "tuned" }
+func (m *tuned) Settings() any { return &m.opts }
+func (m *tuned) Init(context.Context, *app.Host) error {
+	m.seen = m.opts.Greeting
+	return nil
+}
+
+var _ app.Configurable = (*tuned)(nil)
+
+func TestModuleSettings(t *testing.T) {
+	start := func(settings map[string]map[string]any, mods ...app.Module) error {
+		cfg := apptest.Config(t)
+		cfg.Modules.Settings = settings
+		a := app.New(cfg, apptest.Logger(t))
+		if err := a.Use(mods...); err != nil {
+			t.Fatal(err)
+		}
+		err := a.Start(context.Background())
+		if err == nil {
+			t.Cleanup(func() { _ = a.Stop(context.Background()) })
+		}
+		return err
+	}
+
+	m := &tuned{}
+	m.opts.Greeting = "hi"
+	if err := start(nil, m); err != nil || m.seen != "hi" {
+		t.Fatalf("without a table: err %v, Init saw %q, want the default", err, m.seen)
+	}
+	m = &tuned{}
+	if err := start(map[string]map[string]any{"tuned": {"greeting": "hello", "every": "2s"}}, m); err != nil {
+		t.Fatal(err)
+	}
+	if m.seen != "hello" || time.Duration(m.opts.Every) != 2*time.Second {
+		t.Errorf("settings %+v, Init saw %q", m.opts, m.seen)
+	}
+
+	for _, tc := range []struct {
+		settings map[string]map[string]any
+		want     string
+	}{
+		{map[string]map[string]any{"tuned": {"greting": "x"}}, `modules.tuned: unknown key "greting"`},
+		{map[string]map[string]any{"tuned": {"every": "often"}}, `modules.tuned: key "every"`},
+		{map[string]map[string]any{"chess": {"x": 1}}, `unknown module "chess"`},
+		{map[string]map[string]any{"db": {"x": 1}}, "modules.db: the module takes no settings"},
+	} {
+		m := &tuned{}
+		err := start(tc.settings, m, &recorder{id: "db", journal: &journal{}})
+		if !errors.Is(err, app.ErrConfig) || !strings.Contains(err.Error(), tc.want) || m.seen != "" {
+			t.Errorf("settings %v: start error %v (Init saw %q), want an ErrConfig containing %q", tc.settings, err, m.seen, tc.want)
+		}
+	}
+}

@@ -47,7 +47,7 @@ type ListenersConfig struct {
 	MQTT string `toml:"mqtt"` // MQTT over TCP; default "127.0.0.1:1883"
 	TLS  string `toml:"tls"`  // MQTT over TLS; default "off"
 	WS   string `toml:"ws"`   // MQTT over WebSocket; default "127.0.0.1:8083"
-	HTTP string `toml:"http"` // /healthz and /metrics; default "127.0.0.1:8080"
+	HTTP string `toml:"http"` // /healthz, /metrics, /connect.json, module pages; default "127.0.0.1:8080"
 }
 
 // TLSConfig holds the TLS listener's certificate.
@@ -125,9 +125,15 @@ type ClusterConfig struct {
 	Prefetch int      `toml:"prefetch"` // remote calls a node takes per module at once; default 256
 }
 
-// ModulesConfig selects the modules this process runs.
+// ModulesConfig selects the modules this process runs and holds their
+// own settings.
 type ModulesConfig struct {
 	Enabled []string `toml:"enabled"` // module ids; default: every module the binary registers
+	// Settings holds each [modules.<id>] table as decoded TOML, keyed by
+	// module id. The App decodes a table strictly into the module's own
+	// settings (see Configurable) when it starts, because only the module
+	// knows their shape.
+	Settings map[string]map[string]any `toml:"-"`
 }
 
 // LogConfig controls logging.
@@ -165,21 +171,33 @@ const (
 
 // DecodeConfig strictly decodes TOML into cfg: an unknown key is an error
 // naming the key and its line. name labels errors (usually the file path).
+// Into a *Config, the [modules.<id>] tables go to Modules.Settings, to be
+// checked by their modules when the App starts.
 func DecodeConfig(name string, data []byte, cfg any) error {
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(cfg)
-	if err == nil {
-		return nil
-	}
+	c, isConfig := cfg.(*Config)
 	var strict *toml.StrictMissingError
 	if errors.As(err, &strict) && len(strict.Errors) > 0 {
 		msgs := make([]string, 0, len(strict.Errors))
 		for _, e := range strict.Errors {
+			if isConfig && moduleKey(e.Key()) {
+				continue
+			}
 			row, _ := e.Position()
 			msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %q", name, row, strings.Join(e.Key(), ".")))
 		}
-		return fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
+		if len(msgs) > 0 {
+			return fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
+		}
+		err = nil
+	}
+	if err == nil {
+		if isConfig {
+			return c.decodeModuleSettings(name, data)
+		}
+		return nil
 	}
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
@@ -191,6 +209,74 @@ func DecodeConfig(name string, data []byte, cfg any) error {
 		return fmt.Errorf("%s:%d: %s: %w", name, row, de.Error(), ErrConfig)
 	}
 	return fmt.Errorf("%s: %w: %w", name, err, ErrConfig)
+}
+
+// moduleKey reports whether key lies in a [modules.<id>] table.
+func moduleKey(key []string) bool {
+	return len(key) >= 2 && key[0] == "modules" && key[1] != "enabled"
+}
+
+// decodeModuleSettings fills c.Modules.Settings from the [modules.<id>]
+// tables of data, which has already decoded without other errors.
+func (c *Config) decodeModuleSettings(name string, data []byte) error {
+	var doc struct {
+		Modules map[string]any `toml:"modules"`
+	}
+	if err := toml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("%s: %w: %w", name, err, ErrConfig)
+	}
+	for id, v := range doc.Modules {
+		if id == "enabled" {
+			continue
+		}
+		t, ok := v.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s: key \"modules.%s\" is neither \"enabled\" nor a module's table of settings: %w", name, id, ErrConfig)
+		}
+		if c.Modules.Settings == nil {
+			c.Modules.Settings = map[string]map[string]any{}
+		}
+		c.Modules.Settings[id] = t
+	}
+	return nil
+}
+
+// DecodeSettings strictly decodes the [modules.<id>] table of settings
+// into v, a pointer to the module's settings struct (with toml tags).
+// Keys absent from the table leave v's fields as they are.
+func DecodeSettings(id string, table map[string]any, v any) error {
+	data, err := toml.Marshal(table)
+	if err != nil {
+		return fmt.Errorf("modules.%s: %w: %w", id, err, ErrConfig)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	err = dec.Decode(v)
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) && len(strict.Errors) > 0 {
+		msgs := make([]string, 0, len(strict.Errors))
+		for _, e := range strict.Errors {
+			msgs = append(msgs, fmt.Sprintf("modules.%s: unknown key %q", id, strings.Join(e.Key(), ".")))
+		}
+		return fmt.Errorf("%s: %w", strings.Join(msgs, "; "), ErrConfig)
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		key := strings.Join(de.Key(), ".")
+		if row, _ := de.Position(); key == "" && row > 0 {
+			// A value's own decoder (a Duration) leaves the key out; it
+			// starts the line of data, which Marshal wrote one per key.
+			if lines := strings.Split(string(data), "\n"); row <= len(lines) {
+				key, _, _ = strings.Cut(lines[row-1], "=")
+				key = strings.TrimSpace(key)
+			}
+		}
+		return fmt.Errorf("modules.%s: key %q: %s: %w", id, key, de.Error(), ErrConfig)
+	}
+	if err != nil {
+		return fmt.Errorf("modules.%s: %w: %w", id, err, ErrConfig)
+	}
+	return nil
 }
 
 // LoadConfig reads a TOML file strictly into cfg.
@@ -312,6 +398,11 @@ func (c *Config) Validate(known []string) error {
 	for m := range c.RPC.Modules {
 		if !slices.Contains(known, m) {
 			bad("rpc.modules", "unknown module %q", m)
+		}
+	}
+	for m := range c.Modules.Settings {
+		if !slices.Contains(known, m) {
+			bad("modules."+m, "unknown module %q (this binary has %s)", m, strings.Join(known, ", "))
 		}
 	}
 	return errors.Join(errs...)

@@ -77,3 +77,65 @@ func TestOverridesPrecedence(t *testing.T) {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
+
+func TestDecodeConfigModuleSettings(t *testing.T) {
+	var c Config
+	err := DecodeConfig("colony.toml", []byte(`
+[modules]
+enabled = ["im"]
+
+[modules.im]
+max_age = "24h"
+send_rate = 2.5
+
+[modules.im.limits]
+depth = 3
+`), &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Modules.Enabled) != 1 || c.Modules.Settings["im"]["send_rate"] != 2.5 || c.Modules.Settings["im"]["max_age"] != "24h" {
+		t.Fatalf("decoded modules %+v", c.Modules)
+	}
+	type settings struct {
+		MaxAge   Duration `toml:"max_age"`
+		SendRate float64  `toml:"send_rate"`
+		Keep     string   `toml:"keep"`
+		Limits   struct {
+			Depth int `toml:"depth"`
+		} `toml:"limits"`
+	}
+	s := settings{Keep: "default"}
+	if err := DecodeSettings("im", c.Modules.Settings["im"], &s); err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(s.MaxAge) != 24*time.Hour || s.SendRate != 2.5 || s.Keep != "default" || s.Limits.Depth != 3 {
+		t.Fatalf("settings %+v", s)
+	}
+
+	// A typo in a module's table is the module's to find, with the key named.
+	var narrow struct {
+		MaxAge Duration `toml:"max_age"`
+	}
+	err = DecodeSettings("im", map[string]any{"max_age": "1h", "sendrate": 3}, &narrow)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), `modules.im: unknown key "sendrate"`) {
+		t.Errorf("unknown key: got %v", err)
+	}
+	err = DecodeSettings("im", map[string]any{"max_age": "soon"}, &narrow)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "modules.im") || !strings.Contains(err.Error(), `key "max_age"`) {
+		t.Errorf("bad duration: got %v", err)
+	}
+
+	// A scalar where a module's table belongs, and a typo outside module
+	// tables, are errors of the file.
+	for _, tc := range []struct{ text, want string }{
+		{"[modules]\nim = 3\n", `"modules.im" is neither "enabled" nor a module's table`},
+		{"[modules]\nenabeld = [\"im\"]\n[modules.im]\nx = 1\n[node]\nidd = \"a\"\n", `colony.toml:6: unknown key "node.idd"`},
+	} {
+		var c Config
+		err := DecodeConfig("colony.toml", []byte(tc.text), &c)
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config %q: got %v, want an ErrConfig containing %q", tc.text, err, tc.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sort"
 
 	"github.com/rs/zerolog"
@@ -47,6 +48,28 @@ type Dependent interface {
 // federation, so every node must keep its space closed.
 type Guarded interface {
 	Guards() []server.TopicGuard
+}
+
+// Web is implemented by modules that serve HTTP, such as a demo page, on
+// the node's HTTP listener (listeners.http, next to /healthz and
+// /metrics). The App calls Web once, after the module's Start, and mounts
+// the handler under /<module id>/ with that prefix stripped: a module "im"
+// gets GET /im/app.js as /app.js. GET /connect.json tells such pages how to
+// reach the node (see ConnectInfo). Modules that are not enabled on this
+// node serve nothing here; a nil handler serves nothing either.
+type Web interface {
+	Web() http.Handler
+}
+
+// Configurable is implemented by modules that take settings from their
+// [modules.<id>] table in colony.toml.
+type Configurable interface {
+	// Settings returns a pointer to the module's settings struct (with toml
+	// tags), holding its defaults. Before any module's Init, the App
+	// decodes the table into it strictly: an unknown key or a wrong type
+	// fails the start with an error naming the key. Init validates the
+	// values. Without a table Settings is not called.
+	Settings() any
 }
 
 // Host is what a module gets to work with. Fields are set before Init and

@@ -96,11 +96,16 @@ func New(opts Options) *Module {
 		opts:   opts,
 		convs:  map[string]*conv{},
 		dirty:  map[string]*conv{},
-		sends:  newLimiter(opts.SendRate, opts.SendBurst),
 		typing: newLimiter(typingRate, typingBurst),
 		stop:   make(chan struct{}),
 	}
 }
+
+// Settings returns the module's options for the App to decode the
+// [modules.im] table of colony.toml into (app.Configurable).
+func (m *Module) Settings() any { return &m.opts }
+
+var _ app.Configurable = (*Module)(nil)
 
 // ID returns "im".
 func (*Module) ID() string { return ID }
@@ -125,9 +130,11 @@ func (*Module) Guards() []server.TopicGuard {
 // Init opens the module's buckets, starts watching connections for
 // presence and registers the handlers.
 func (m *Module) Init(_ context.Context, h *app.Host) error {
+	m.opts.setDefaults()
 	if err := m.opts.validate(); err != nil {
 		return err
 	}
+	m.sends = newLimiter(m.opts.SendRate, m.opts.SendBurst)
 	m.host, m.log = h, h.Log
 	st, err := openStores(h.Store, h.Module)
 	if err != nil {
@@ -157,7 +164,7 @@ func (m *Module) Start(context.Context) error {
 	}()
 	go func() {
 		defer m.wg.Done()
-		m.every(m.opts.FlushInterval, func(ctx context.Context) {
+		m.every(time.Duration(m.opts.FlushInterval), func(ctx context.Context) {
 			if err := m.flush(ctx); err != nil {
 				m.log.Error().Err(err).Msg("save read positions")
 			}
@@ -165,7 +172,7 @@ func (m *Module) Start(context.Context) error {
 	}()
 	go func() {
 		defer m.wg.Done()
-		m.every(m.opts.SweepInterval, func(ctx context.Context) {
+		m.every(time.Duration(m.opts.SweepInterval), func(ctx context.Context) {
 			if err := m.Sweep(ctx); err != nil {
 				m.log.Error().Err(err).Msg("retention sweep")
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/modules/im"
 	"github.com/colonymq/colony/rpc"
@@ -325,8 +326,13 @@ func TestBlockedUserCannotReachBlocker(t *testing.T) {
 }
 
 func TestSendRateLimit(t *testing.T) {
-	// 0.01/s: the bucket does not refill noticeably during the test.
-	n := start(t, apptest.Config(t), im.Options{SendRate: 0.01, SendBurst: 3})
+	// 0.01/s: the bucket does not refill noticeably during the test. The
+	// limits come from colony.toml's [modules.im] table, over the defaults.
+	cfg := apptest.Config(t)
+	if err := app.DecodeConfig("colony.toml", []byte("[modules.im]\nsend_rate = 0.01\nsend_burst = 3\n"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	n := start(t, cfg, im.Options{})
 	alice := login(t, n, "alice", "a1")
 	var conv im.Conversation
 	alice.must("direct", &im.DirectReq{User: "bob"}, &conv)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/colonymq/colony/app"
 )
 
 // ErrOptions reports Options that cannot be used; Init returns it wrapped,
@@ -11,29 +13,30 @@ import (
 var ErrOptions = errors.New("bad im options")
 
 // Options configures the module. A zero field takes the default it names;
-// New applies them, Init rejects what is left invalid.
+// New applies them, Init rejects what is left invalid. The toml names are
+// the keys of colony.toml's [modules.im] table.
 type Options struct {
 	// MaxMessageBytes bounds a message's text, data and bin together;
 	// default 16384.
-	MaxMessageBytes int
+	MaxMessageBytes int `toml:"max_message_bytes"`
 	// MaxMembers bounds the members of a group or channel; default 10000.
-	MaxMembers int
+	MaxMembers int `toml:"max_members"`
 	// MaxMessages is how many log entries a conversation keeps: the sweep
 	// deletes older ones. Default 10000; negative: no limit.
-	MaxMessages int
+	MaxMessages int `toml:"max_messages"`
 	// MaxAge is how long log entries are kept; default 0: no limit.
-	MaxAge time.Duration
+	MaxAge app.Duration `toml:"max_age"`
 	// SweepInterval is how often retention runs; default 1m.
-	SweepInterval time.Duration
+	SweepInterval app.Duration `toml:"sweep_interval"`
 	// SendRate is how many sends and edits a user may make per second on
 	// average, SendBurst how many in a row; beyond, calls fail with
 	// rate_limited. Defaults 10 and 20; a negative SendRate: no limit.
-	SendRate  float64
-	SendBurst int
+	SendRate  float64 `toml:"send_rate"`
+	SendBurst int     `toml:"send_burst"`
 	// FlushInterval is how often delivered and read positions are written
 	// to the store; they are written on Stop too, so only a crash loses up
 	// to this much of them. Default 1s.
-	FlushInterval time.Duration
+	FlushInterval app.Duration `toml:"flush_interval"`
 }
 
 func (o *Options) setDefaults() {
@@ -50,10 +53,10 @@ func (o *Options) setDefaults() {
 		o.SendRate = 10
 	}
 	if o.SweepInterval == 0 {
-		o.SweepInterval = time.Minute
+		o.SweepInterval = app.Duration(time.Minute)
 	}
 	if o.FlushInterval == 0 {
-		o.FlushInterval = time.Second
+		o.FlushInterval = app.Duration(time.Second)
 	}
 }
 

@@ -24,7 +24,7 @@ func (m *Module) sweepAt(ctx context.Context, t time.Time) error {
 	if m.opts.MaxMessages <= 0 && m.opts.MaxAge <= 0 {
 		return nil
 	}
-	cutoff := t.Add(-m.opts.MaxAge).UnixMilli()
+	cutoff := t.Add(-time.Duration(m.opts.MaxAge)).UnixMilli()
 	var ids []string
 	var errs []error
 	err := m.st.convs.Scan("", func(id string, rec convRecord) bool {

@@ -5,13 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/rpc"
 )
 
 // Age-based retention, with the sweep's clock moved instead of waiting.
 func TestSweepByAge(t *testing.T) {
-	m := New(Options{MaxAge: time.Hour, MaxMessages: -1})
+	m := New(Options{MaxAge: app.Duration(time.Hour), MaxMessages: -1})
 	a := apptest.Run(t, apptest.Config(t), m)
 	ctx := rpc.WithCaller(context.Background(), rpc.Caller{UserID: "alice"})
 	conv, err := rpc.Call[Conversation](ctx, a.RPC(), ID, "direct", &DirectReq{User: "bob"})
