@@ -326,7 +326,7 @@ func (a *App) startMQTTSN() (*mqttsn.Gateway, error) {
 		Advertise: time.Duration(c.Advertise), AdvertiseAddr: c.AdvertiseAddr,
 		CertFile: c.CertFile, KeyFile: c.KeyFile, ClientCAFile: c.ClientCAFile,
 		RetryInterval: time.Duration(c.RetryInterval), MaxRetries: c.MaxRetries, QueueSize: c.Queue, Window: c.Window,
-		Logger: a.log,
+		HandshakeTimeout: time.Duration(c.HandshakeTimeout), Logger: a.log,
 	}
 	if c.AdvertiseAddr == "" {
 		o.Advertise = 0

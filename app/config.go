@@ -150,6 +150,9 @@ type MQTTSNConfig struct {
 	MaxRetries    int      `toml:"max_retries"` // Nretry, sends before a silent device is lost; default 4
 	Queue         int      `toml:"queue"`       // QoS 0 messages buffered per sleeping or busy device; default 1000
 	Window        uint16   `toml:"window"`      // unacknowledged QoS 1/2 messages handed to a device's session at once; default 32
+	// HandshakeTimeout bounds a DTLS handshake (a wrong PSK shows as one
+	// that never completes) and an association's wait for CONNECT; default "30s".
+	HandshakeTimeout Duration `toml:"handshake_timeout"`
 }
 
 // LogConfig controls logging.

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v3"
-
-	"github.com/colonymq/colony/server/mqttsn/packet"
 )
 
 // dtlsPeer is one DTLS association: one device.
@@ -33,11 +31,15 @@ func (p *dtlsPeer) listener() string { return ListenerDTLS }
 func (p *dtlsPeer) identity() string { return p.id }
 func (p *dtlsPeer) addr() net.Addr   { return p.c.RemoteAddr() }
 func (p *dtlsPeer) close() {
-	p.once.Do(func() {
-		if err := p.c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-			return // the association is gone either way
-		}
-	})
+	p.once.Do(func() { closeQuietly(p.c) })
+}
+
+// closeQuietly closes an association that is being given up; an error
+// means it was gone already.
+func closeQuietly(c net.Conn) {
+	if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return
+	}
 }
 
 // startDTLS binds the DTLS listener: PSK suites when a PSKStore is set,
@@ -48,6 +50,19 @@ func (g *Gateway) startDTLS() error {
 		return fmt.Errorf("mqttsn dtls_listen %q: %w", g.opts.DTLSListen, err)
 	}
 	opts := []dtls.ServerOption{dtls.WithExtendedMasterSecret(dtls.RequireExtendedMasterSecret)}
+	var suites []dtls.CipherSuiteID
+	if g.opts.PSK != nil {
+		// CCM_8 is what constrained stacks (tinydtls, mbedTLS profiles for CoAP/LwM2M) usually have.
+		suites = append(suites, dtls.TLS_PSK_WITH_AES_128_CCM_8, dtls.TLS_PSK_WITH_AES_128_CCM,
+			dtls.TLS_PSK_WITH_AES_128_GCM_SHA256, dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256)
+	}
+	if g.opts.CertFile != "" {
+		suites = append(suites, dtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, dtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			dtls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, dtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			dtls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, dtls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			dtls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)
+	}
+	opts = append(opts, dtls.WithCipherSuites(suites...))
 	if store := g.opts.PSK; store != nil {
 		opts = append(opts,
 			dtls.WithPSK(func(identity []byte) ([]byte, error) { return store.PSK(string(identity)) }),
@@ -101,7 +116,7 @@ func (g *Gateway) acceptDTLS() {
 		}
 		dc, ok := c.(*dtls.Conn)
 		if !ok {
-			_ = c.Close() // not a DTLS association; nothing to serve
+			closeQuietly(c) // not a DTLS association; nothing to serve
 			continue
 		}
 		g.wg.Add(1)
@@ -118,7 +133,7 @@ func (g *Gateway) serveDTLS(c *dtls.Conn) {
 	if err != nil {
 		g.st.handshakeFails.Add(1)
 		g.log.Debug().Err(err).Str("peer", c.RemoteAddr().String()).Msg("dtls handshake failed")
-		_ = c.Close() // failed association: nothing left to close cleanly
+		closeQuietly(c)
 		return
 	}
 	p := &dtlsPeer{c: c, k: "d" + c.RemoteAddr().String()}
@@ -140,7 +155,8 @@ func (g *Gateway) serveDTLS(c *dtls.Conn) {
 		}
 	})
 	defer idle.Stop()
-	buf := make([]byte, packet.MaxLen+1)
+	// A DTLS record carries at most 2^14 octets of plaintext.
+	buf := make([]byte, 1<<14+1)
 	for {
 		n, err := c.Read(buf)
 		if err != nil {
