@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	pahov3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
@@ -538,4 +537,3 @@ func TestResumeFromNewAddress(t *testing.T) {
 	}
 }
 
-var _ = pahov3.NewClient

@@ -339,35 +339,54 @@ func (c *Client) nextMsgID() uint16 {
 	}
 }
 
-// request sends p until one of keys is answered, up to MaxRetries sends.
-func (c *Client) request(ctx context.Context, p packet.Packet, keys ...waitKey) (packet.Packet, error) {
-	ch := make(chan packet.Packet, 1)
+// call is a request sent once and waiting for its answer.
+type call struct {
+	c    *Client
+	p    packet.Packet
+	keys []waitKey
+	ch   chan packet.Packet
+	err  error
+}
+
+// begin registers the answer's keys and sends p the first time.
+func (c *Client) begin(p packet.Packet, keys ...waitKey) *call {
+	k := &call{c: c, p: p, keys: keys, ch: make(chan packet.Packet, 1)}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, ErrDisconnected
+		k.err = ErrDisconnected
+		return k
 	}
-	for _, k := range keys {
-		c.waiters[k] = ch
+	for _, key := range keys {
+		c.waiters[key] = k.ch
 	}
 	c.mu.Unlock()
+	if err := c.send(p); err != nil {
+		k.err = fmt.Errorf("send %s: %w", p.Type(), err)
+	}
+	return k
+}
+
+// wait waits for the answer, sending p again every RetryInterval, up to MaxRetries sends in all.
+func (k *call) wait(ctx context.Context) (packet.Packet, error) {
+	c := k.c
 	defer func() {
 		c.mu.Lock()
-		for _, k := range keys {
-			if c.waiters[k] == ch {
-				delete(c.waiters, k)
+		for _, key := range k.keys {
+			if c.waiters[key] == k.ch {
+				delete(c.waiters, key)
 			}
 		}
 		c.mu.Unlock()
 	}()
+	if k.err != nil {
+		return nil, k.err
+	}
 	t := time.NewTimer(c.opts.RetryInterval)
 	defer t.Stop()
 	for try := 1; ; try++ {
-		if err := c.send(p); err != nil {
-			return nil, fmt.Errorf("send %s: %w", p.Type(), err)
-		}
 		select {
-		case r := <-ch:
+		case r := <-k.ch:
 			return r, nil
 		case <-c.gone:
 			return nil, ErrDisconnected
@@ -376,13 +395,21 @@ func (c *Client) request(ctx context.Context, p packet.Packet, keys ...waitKey) 
 		case <-t.C:
 		}
 		if try >= c.opts.MaxRetries {
-			return nil, fmt.Errorf("%s after %d sends: %w", p.Type(), try, ErrTimeout)
+			return nil, fmt.Errorf("%s after %d sends: %w", k.p.Type(), try, ErrTimeout)
 		}
-		if pub, ok := p.(*packet.Publish); ok {
+		if pub, ok := k.p.(*packet.Publish); ok {
 			pub.Flags.DUP = true
+		}
+		if err := c.send(k.p); err != nil {
+			return nil, fmt.Errorf("send %s: %w", k.p.Type(), err)
 		}
 		t.Reset(c.opts.RetryInterval)
 	}
+}
+
+// request sends p until one of keys is answered, up to MaxRetries sends.
+func (c *Client) request(ctx context.Context, p packet.Packet, keys ...waitKey) (packet.Packet, error) {
+	return c.begin(p, keys...).wait(ctx)
 }
 
 // Connect opens the session, with the will flow when Options.Will is set.
@@ -464,36 +491,53 @@ func (c *Client) topicRef(ctx context.Context, topic string, qos packet.QoS) (pa
 // PublishID sends payload to a topic given by id and type. QoS 0 and -1
 // return once sent; QoS 1 once PUBACK arrives, QoS 2 once PUBCOMP does.
 func (c *Client) PublishID(ctx context.Context, tt packet.TopicIDType, topicID uint16, qos packet.QoS, retain bool, payload []byte) error {
+	return c.PublishAsync(tt, topicID, qos, retain, payload)(ctx)
+}
+
+// PublishAsync sends the PUBLISH at once, so that publishes leave in the
+// order of the calls, and returns a function that waits for its
+// acknowledgement (and retransmits) as PublishID does.
+func (c *Client) PublishAsync(tt packet.TopicIDType, topicID uint16, qos packet.QoS, retain bool, payload []byte) func(context.Context) error {
 	p := &packet.Publish{Flags: packet.Flags{QoS: qos, Retain: retain, TopicIDType: tt}, TopicID: topicID, Data: payload}
 	if qos <= 0 {
-		return c.send(p)
+		err := c.send(p)
+		return func(context.Context) error { return err }
 	}
 	p.MsgID = c.nextMsgID()
 	keys := []waitKey{{packet.TypePuback, p.MsgID}}
 	if qos == 2 {
 		keys = append(keys, waitKey{packet.TypePubrec, p.MsgID})
 	}
-	r, err := c.request(ctx, p, keys...)
-	if err != nil {
-		return fmt.Errorf("publish: %w", err)
-	}
-	if ack, ok := r.(*packet.Puback); ok {
-		if ack.ReturnCode != packet.Accepted {
-			if ack.ReturnCode == packet.RejectedTopicID && tt == packet.TopicNormal {
-				c.mu.Lock()
-				if name, ok := c.topics[topicID]; ok {
-					delete(c.ids, name)
+	k := c.begin(p, keys...)
+	return func(ctx context.Context) error {
+		r, err := k.wait(ctx)
+		if err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		if ack, ok := r.(*packet.Puback); ok {
+			if ack.ReturnCode != packet.Accepted {
+				if ack.ReturnCode == packet.RejectedTopicID && tt == packet.TopicNormal {
+					c.mu.Lock()
+					if name, ok := c.topics[topicID]; ok {
+						delete(c.ids, name)
+					}
+					c.mu.Unlock()
 				}
-				c.mu.Unlock()
+				return fmt.Errorf("publish: %s: %w", ack.ReturnCode, ErrRejected)
 			}
-			return fmt.Errorf("publish: %s: %w", ack.ReturnCode, ErrRejected)
+			return nil
+		}
+		if _, err := c.request(ctx, &packet.Pubrel{MsgID: p.MsgID}, waitKey{packet.TypePubcomp, p.MsgID}); err != nil {
+			return fmt.Errorf("publish: pubrel: %w", err)
 		}
 		return nil
 	}
-	if _, err := c.request(ctx, &packet.Pubrel{MsgID: p.MsgID}, waitKey{packet.TypePubcomp, p.MsgID}); err != nil {
-		return fmt.Errorf("publish: pubrel: %w", err)
-	}
-	return nil
+}
+
+// TopicRef returns how Publish names topic: a predefined id, a short name,
+// or a registered id (registering it first).
+func (c *Client) TopicRef(ctx context.Context, topic string, qos packet.QoS) (packet.TopicIDType, uint16, error) {
+	return c.topicRef(ctx, topic, qos)
 }
 
 // Subscribe subscribes to filter (a topic name, possibly with wildcards,
