@@ -3,6 +3,7 @@
 //	colony serve [-c colony.toml] [--mqtt addr] [--ws addr] [--tls addr] [--http addr] [--data dir] [--node id] [--amqp url]
 //	colony passwd [-f users] <user>
 //	colony bench [--url url] [--scenario fan-in|fan-out|pairs|rpc|idle] [flags]
+//	colony sn pub|sub [-a addr] -t topic [flags]
 //	colony version
 package main
 
@@ -32,6 +33,7 @@ usage:
   colony serve [flags]        run a node (no config needed; see colony serve -h)
   colony passwd [-f file] U   add or change user U in a password file
   colony bench [flags]        load-test a broker by URL (see colony bench -h)
+  colony sn pub|sub [flags]   publish or subscribe over MQTT-SN (see colony sn pub -h)
   colony version              print version, commit, Go version and platform
 `
 
@@ -52,6 +54,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = passwd(args[1:], stdin, stdout, stderr)
 	case "bench":
 		err = benchCmd(args[1:], stdout, stderr)
+	case "sn":
+		err = snCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, app.VersionString())
 	case "help", "-h", "--help":

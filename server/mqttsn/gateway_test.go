@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/server/mqttsn"
@@ -536,4 +535,3 @@ func TestResumeFromNewAddress(t *testing.T) {
 		t.Fatalf("sessions: %d", st.Sessions)
 	}
 }
-

@@ -179,6 +179,10 @@ func (c *Client) LocalAddr() net.Addr { return c.conn.LocalAddr() }
 // lost once its keep-alive expires.
 func (c *Client) Close() error {
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
 	c.closed = true
 	c.mu.Unlock()
 	c.goneOnce.Do(func() { close(c.gone) })
@@ -611,7 +615,7 @@ func (c *Client) Wake(ctx context.Context) error {
 // Disconnect ends the session (no will) and closes the socket.
 func (c *Client) Disconnect(ctx context.Context) error {
 	_, err := c.request(ctx, &packet.Disconnect{}, waitKey{packet.TypeDisconnect, 0})
-	if cerr := c.Close(); cerr != nil && err == nil && !errors.Is(cerr, net.ErrClosed) {
+	if cerr := c.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
 	if err != nil {
