@@ -114,6 +114,12 @@ func (g *Gateway) Start() error {
 		if err != nil {
 			return fmt.Errorf("mqttsn listen %q: %w", g.opts.Listen, err)
 		}
+		// Bursts from many devices arrive faster than one reader drains
+		// them; a bigger socket buffer (the kernel caps it at
+		// net.core.rmem_max) loses fewer of them.
+		if err := g.udp.SetReadBuffer(4 << 20); err != nil {
+			g.log.Debug().Err(err).Msg("udp receive buffer")
+		}
 		g.log.Info().Str("listener", ListenerUDP).Str("addr", g.udp.LocalAddr().String()).Msg("listening")
 		if !g.broker.AllowsAnonymous(ListenerUDP) {
 			g.log.Warn().Str("addr", g.udp.LocalAddr().String()).Msg("mqtt-sn over plain UDP carries no credentials and this address " +

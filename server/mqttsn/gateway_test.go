@@ -21,7 +21,7 @@ import (
 const retry = 500 * time.Millisecond
 
 // runSN starts a node with the MQTT-SN gateway on an ephemeral UDP port.
-func runSN(t *testing.T, tweak ...func(*app.Config)) *app.App {
+func runSN(t testing.TB, tweak ...func(*app.Config)) *app.App {
 	t.Helper()
 	cfg := apptest.Config(t)
 	cfg.MQTTSN.Listen = "127.0.0.1:0"
@@ -33,7 +33,7 @@ func runSN(t *testing.T, tweak ...func(*app.Config)) *app.App {
 	return apptest.Run(t, cfg)
 }
 
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), apptest.Wait)
 	t.Cleanup(cancel)
 	return c
