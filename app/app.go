@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/colonymq/colony/rpc"
 	"github.com/colonymq/colony/rpc/amqp"
 	"github.com/colonymq/colony/server"
+	"github.com/colonymq/colony/server/mqttsn"
 	"github.com/colonymq/colony/store"
 )
 
@@ -42,6 +44,7 @@ type App struct {
 	cluster  *amqp.Transport     // nil on a single node
 	fed      *cluster.Federation // message federation; nil on a single node
 	srv      *server.Server
+	sn       *mqttsn.Gateway // nil when both MQTT-SN listeners are off
 	ops      *opsServer
 	startAt  time.Time
 	stopping chan struct{}
@@ -227,6 +230,13 @@ func (a *App) Start(ctx context.Context) (err error) {
 	}
 	undo = append(undo, a.srv.Shutdown)
 
+	if a.sn, err = a.startMQTTSN(); err != nil {
+		return a.listenError(err)
+	}
+	if a.sn != nil {
+		undo = append(undo, a.sn.Close)
+	}
+
 	if a.fed != nil {
 		// After the engine has restored stored sessions, whose
 		// subscriptions the federation binds too. Like the RPC transport,
@@ -259,6 +269,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 	}
 	a.log.Info().Str("node", a.cfg.Node.ID).Strs("modules", ids).Str("data", dbPath).
 		Str("mqtt", a.Addr("mqtt")).Str("ws", a.Addr("ws")).Str("tls", a.Addr("tls")).Str("http", a.Addr("http")).
+		Str("mqttsn", a.Addr(mqttsn.ListenerUDP)).Str("mqttsn_dtls", a.Addr(mqttsn.ListenerDTLS)).
 		Msg("colony started")
 	return nil
 }
@@ -312,8 +323,61 @@ func (a *App) serverOptions() server.Options {
 	if a.fed != nil { // never a typed nil in the interface
 		o.Cluster = a.fed
 	}
+	o.Gateways = map[string]string{}
+	if c.MQTTSN.Listen != Off {
+		o.Gateways[mqttsn.ListenerUDP] = c.MQTTSN.Listen
+	}
+	if c.MQTTSN.DTLSListen != Off {
+		o.Gateways[mqttsn.ListenerDTLS] = c.MQTTSN.DTLSListen
+	}
 	return o
 }
+
+// startMQTTSN starts the MQTT-SN gateway when a listener of it is on.
+func (a *App) startMQTTSN() (*mqttsn.Gateway, error) {
+	c := a.cfg.MQTTSN
+	if c.Listen == Off && c.DTLSListen == Off {
+		return nil, nil
+	}
+	o := mqttsn.Options{
+		Listen: c.Listen, DTLSListen: c.DTLSListen, GatewayID: c.GatewayID,
+		Advertise: time.Duration(c.Advertise), AdvertiseAddr: c.AdvertiseAddr,
+		CertFile: c.CertFile, KeyFile: c.KeyFile, ClientCAFile: c.ClientCAFile,
+		RetryInterval: time.Duration(c.RetryInterval), MaxRetries: c.MaxRetries, QueueSize: c.Queue, Window: c.Window,
+		HandshakeTimeout: time.Duration(c.HandshakeTimeout), Logger: a.log,
+	}
+	if c.AdvertiseAddr == "" {
+		o.Advertise = 0
+	}
+	if len(c.Predefined) > 0 {
+		o.Predefined = map[uint16]string{}
+		for id, name := range c.Predefined {
+			n, err := strconv.ParseUint(id, 10, 16)
+			if err != nil {
+				return nil, fmt.Errorf("mqttsn.predefined %q: %w", id, ErrConfig)
+			}
+			o.Predefined[uint16(n)] = name
+		}
+	}
+	if c.PSKFile != "" {
+		psk, err := mqttsn.LoadPSKFile(c.PSKFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqttsn.psk_file: %w", err)
+		}
+		o.PSK = psk
+	}
+	g, err := mqttsn.New(a.srv, o)
+	if err != nil {
+		return nil, fmt.Errorf("configure mqtt-sn gateway: %w", err)
+	}
+	if err := g.Start(); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// MQTTSN returns the MQTT-SN gateway, nil when its listeners are off.
+func (a *App) MQTTSN() *mqttsn.Gateway { return a.sn }
 
 // hooks returns the engine hooks beyond the server's own: the store's and,
 // in a cluster, message federation's.
@@ -338,6 +402,13 @@ func (a *App) Stop(ctx context.Context) error {
 	a.stopped = true
 	close(a.stopping)
 	var errs []error
+	if a.sn != nil {
+		// Before the server: devices get DISCONNECT and their broker
+		// sessions end the gateway's way.
+		if err := a.sn.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := a.srv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop server: %w", err))
 	}
@@ -389,13 +460,20 @@ func (a *App) Run(ctx context.Context, grace time.Duration) error {
 	return a.Stop(sctx)
 }
 
-// Addr returns the bound address of a listener ("mqtt", "tls", "ws", "http"), "" when off.
+// Addr returns the bound address of a listener ("mqtt", "tls", "ws", "http",
+// "mqttsn", "mqttsn-dtls"), "" when off.
 func (a *App) Addr(name string) string {
 	if name == "http" {
 		if a.ops == nil {
 			return ""
 		}
 		return a.ops.ln.Addr().String()
+	}
+	if name == mqttsn.ListenerUDP || name == mqttsn.ListenerDTLS {
+		if a.sn == nil {
+			return ""
+		}
+		return a.sn.Addr(name)
 	}
 	if a.srv == nil {
 		return ""

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +35,7 @@ type Config struct {
 	Cluster   ClusterConfig   `toml:"cluster"`
 	Modules   ModulesConfig   `toml:"modules"`
 	Log       LogConfig       `toml:"log"`
+	MQTTSN    MQTTSNConfig    `toml:"mqttsn"`
 }
 
 // NodeConfig names this process and where it keeps its data.
@@ -134,6 +136,34 @@ type ModulesConfig struct {
 	// settings (see Configurable) when it starts, because only the module
 	// knows their shape.
 	Settings map[string]map[string]any `toml:"-"`
+}
+
+// MQTTSNConfig configures the MQTT-SN gateway (server/mqttsn) for
+// constrained devices over UDP and DTLS. Both listeners are off by
+// default: a UDP socket that devices reach without credentials is opt-in.
+type MQTTSNConfig struct {
+	Listen     string `toml:"listen"`      // MQTT-SN over UDP, usually port 1884; default "off"
+	DTLSListen string `toml:"dtls_listen"` // MQTT-SN over DTLS 1.2; default "off"
+	GatewayID  uint8  `toml:"gateway_id"`  // in ADVERTISE and GWINFO; default 1
+	// Advertise is the interval of ADVERTISE broadcasts to AdvertiseAddr; default "15m".
+	Advertise Duration `toml:"advertise"`
+	// AdvertiseAddr is where ADVERTISE goes, e.g. "255.255.255.255:1884"; default "" (none sent).
+	AdvertiseAddr string `toml:"advertise_addr"`
+	// Predefined maps topic ids (decimal, 1-65534) to topic names both the
+	// gateway and the devices know; default none.
+	Predefined   map[string]string `toml:"predefined"`
+	PSKFile      string            `toml:"psk_file"`       // DTLS PSK: "identity:hex-key" lines (Mosquitto's format); default none
+	CertFile     string            `toml:"cert_file"`      // DTLS certificate (PEM); default none
+	KeyFile      string            `toml:"key_file"`       // its key; default none
+	ClientCAFile string            `toml:"client_ca_file"` // verify device certificates; their common name is the user; default none
+	// RetryInterval is Tretry, how long the gateway waits for a device's answer; default "10s".
+	RetryInterval Duration `toml:"retry_interval"`
+	MaxRetries    int      `toml:"max_retries"` // Nretry, sends before a silent device is lost; default 4
+	Queue         int      `toml:"queue"`       // QoS 0 messages buffered per sleeping or busy device; default 1000
+	Window        uint16   `toml:"window"`      // unacknowledged QoS 1/2 messages handed to a device's session at once; default 32
+	// HandshakeTimeout bounds a DTLS handshake (a wrong PSK shows as one
+	// that never completes) and an association's wait for CONNECT; default "30s".
+	HandshakeTimeout Duration `toml:"handshake_timeout"`
 }
 
 // LogConfig controls logging.
@@ -302,6 +332,7 @@ var Overrides = []Override{
 	{"tls", "COLONY_TLS", "listeners.tls", func(c *Config, v string) { c.Listeners.TLS = v }},
 	{"ws", "COLONY_WS", "listeners.ws", func(c *Config, v string) { c.Listeners.WS = v }},
 	{"http", "COLONY_HTTP", "listeners.http", func(c *Config, v string) { c.Listeners.HTTP = v }},
+	{"mqttsn", "COLONY_MQTTSN", "mqttsn.listen", func(c *Config, v string) { c.MQTTSN.Listen = v }},
 	{"data", "COLONY_DATA", "node.data_dir", func(c *Config, v string) { c.Node.DataDir = v }},
 	{"node", "COLONY_NODE", "node.id", func(c *Config, v string) { c.Node.ID = v }},
 	{"amqp", "COLONY_AMQP", "cluster.amqp_url", func(c *Config, v string) { c.Cluster.AMQPURL = v }},
@@ -340,6 +371,15 @@ func (c *Config) SetDefaults() {
 	if c.Listeners.HTTP == "" {
 		c.Listeners.HTTP = DefaultHTTPAddr
 	}
+	if c.MQTTSN.Listen == "" {
+		c.MQTTSN.Listen = Off
+	}
+	if c.MQTTSN.DTLSListen == "" {
+		c.MQTTSN.DTLSListen = Off
+	}
+	if c.MQTTSN.Advertise == 0 {
+		c.MQTTSN.Advertise = Duration(15 * time.Minute)
+	}
 	if c.Store.Durability == "" {
 		c.Store.Durability = string(store.DurabilityBatch)
 	}
@@ -363,6 +403,7 @@ func (c *Config) Validate(known []string) error {
 	for key, addr := range map[string]string{
 		"listeners.mqtt": c.Listeners.MQTT, "listeners.tls": c.Listeners.TLS,
 		"listeners.ws": c.Listeners.WS, "listeners.http": c.Listeners.HTTP,
+		"mqttsn.listen": c.MQTTSN.Listen, "mqttsn.dtls_listen": c.MQTTSN.DTLSListen,
 	} {
 		if addr == Off {
 			continue
@@ -394,6 +435,11 @@ func (c *Config) Validate(known []string) error {
 			bad("modules.enabled", "module %q listed twice", m)
 		}
 		seen[m] = true
+	}
+	for id := range c.MQTTSN.Predefined {
+		if n, err := strconv.ParseUint(id, 10, 16); err != nil || n == 0 || n == 0xFFFF {
+			bad("mqttsn.predefined", "%q is not a topic id from 1 to 65534", id)
+		}
 	}
 	for m := range c.RPC.Modules {
 		if !slices.Contains(known, m) {

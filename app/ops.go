@@ -9,6 +9,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/colonymq/colony/server"
+	"github.com/colonymq/colony/server/mqttsn"
 )
 
 // startOps binds the HTTP listener: /healthz, /metrics, /connect.json and
@@ -135,6 +136,22 @@ func newMetrics(a *App) *metrics.Set {
 		gauge(`colony_federation_messages_lost_total{reason="refused_locally"}`, func() float64 { return float64(f.Stats().Failed) })
 		gauge("colony_federation_bindings", func() float64 { return float64(f.Stats().Bindings) })
 		gauge("colony_federation_reconnects_total", func() float64 { return float64(f.Stats().Reconnects) })
+	}
+	if g := a.sn; g != nil {
+		sn := func() mqttsn.Stats { return g.Stats() }
+		gauge("colony_mqttsn_sessions", func() float64 { return float64(sn().Sessions) })
+		gauge("colony_mqttsn_sessions_asleep", func() float64 { return float64(sn().Asleep) })
+		gauge("colony_mqttsn_datagrams_received_total", func() float64 { return float64(sn().DatagramsIn) })
+		gauge("colony_mqttsn_datagrams_sent_total", func() float64 { return float64(sn().DatagramsOut) })
+		gauge("colony_mqttsn_malformed_total", func() float64 { return float64(sn().Malformed) })
+		gauge(`colony_mqttsn_dropped_total{reason="no_session"}`, func() float64 { return float64(sn().DroppedNoSession) })
+		gauge(`colony_mqttsn_dropped_total{reason="congestion"}`, func() float64 { return float64(sn().DroppedCongestion) })
+		gauge(`colony_mqttsn_dropped_total{reason="queue_full"}`, func() float64 { return float64(sn().DroppedQueueFull) })
+		gauge("colony_mqttsn_rejected_total", func() float64 { return float64(sn().Rejected) })
+		gauge("colony_mqttsn_lost_total", func() float64 { return float64(sn().Lost) })
+		gauge("colony_mqttsn_retransmissions_total", func() float64 { return float64(sn().Retransmissions) })
+		gauge("colony_mqttsn_wills_published_total", func() float64 { return float64(sn().WillsPublished) })
+		gauge("colony_mqttsn_dtls_handshake_failures_total", func() float64 { return float64(sn().HandshakeFailures) })
 	}
 	gauge("colony_store_commits_total", func() float64 { return float64(a.db.Stats().Commits) })
 	gauge("colony_store_ops_total", func() float64 { return float64(a.db.Stats().Ops) })

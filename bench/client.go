@@ -42,6 +42,7 @@ type clientOpts struct {
 	id         string
 	persistent bool    // keep the session (and resume it if one exists)
 	onMessage  handler // also gets deliveries no subscription of the client matches
+	sn         bool    // an MQTT-SN device through Config.SN (publishers only)
 }
 
 // client is one MQTT connection of either protocol version. publish and
@@ -84,6 +85,9 @@ func (l *errLog) firstMsg() string {
 
 // connect opens one client to cfg.URL with the protocol cfg.MQTTVersion asks for.
 func connect(ctx context.Context, cfg *Config, o clientOpts, errs *errLog) (client, error) {
+	if o.sn {
+		return connectSN(ctx, cfg, o, errs)
+	}
 	if cfg.MQTTVersion == 5 {
 		return connectV5(ctx, cfg, o, errs)
 	}

@@ -108,6 +108,16 @@ type Config struct {
 	// Window is the most QoS 1/2 publishes one publisher leaves
 	// unacknowledged before it waits. Default 1,024.
 	Window int `json:"window,omitempty"`
+	// SN, when set, is the host:port of an MQTT-SN gateway: publishers are
+	// then MQTT-SN devices publishing through it (topics registered once,
+	// QoS 0-2); subscribers stay MQTT clients of URL. FanIn, FanOut and
+	// Pairs only.
+	SN string `json:"sn,omitempty"`
+	// SNPSKIdentity and SNPSK (hex) make the MQTT-SN devices use DTLS with
+	// that pre-shared key.
+	SNPSKIdentity string `json:"sn_psk_identity,omitempty"`
+	// SNPSK is the hex key of SNPSKIdentity.
+	SNPSK string `json:"-"`
 }
 
 // maxCount bounds Count: receivers keep one bit per message and publisher.
@@ -216,6 +226,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: mqtt version %d (want 3 for 3.1.1, or 5)", ErrInvalidConfig, c.MQTTVersion)
 	case c.Timeout < 0 || c.Hold < 0 || c.SubDelay < 0 || c.KeepAlive < time.Second || c.KeepAlive > 65535*time.Second:
 		return fmt.Errorf("%w: timeout, hold and sub-delay must not be negative, keepalive within 1s..65535s", ErrInvalidConfig)
+	case c.SN != "" && (c.Scenario == RPC || c.Scenario == Idle):
+		return fmt.Errorf("%w: sn works with fan-in, fan-out and pairs", ErrInvalidConfig)
 	case c.Window < 1:
 		return fmt.Errorf("%w: window %d must be at least 1", ErrInvalidConfig, c.Window)
 	case c.PID < 0:

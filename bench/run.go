@@ -292,7 +292,7 @@ func (r *runner) pubsub(ctx context.Context, res *Result) error {
 		rss.stopQuietly()
 		return err
 	}
-	pubs, err := r.connectAll(ctx, cfg.Publishers, func(i int) clientOpts { return clientOpts{id: r.id("p", i)} }, nil)
+	pubs, err := r.connectAll(ctx, cfg.Publishers, func(i int) clientOpts { return clientOpts{id: r.id("p", i), sn: cfg.SN != ""} }, nil)
 	if err != nil {
 		r.disconnectAll(subs)
 		r.clearSessions(subs)

@@ -22,6 +22,7 @@ targets=(
   "./cluster FuzzDecodeDelivery"        # federated single messages (AMQP headers)
   "./store FuzzDecodeRecord"            # bbolt records of sessions, subscriptions, messages
   "./modules/im FuzzRequests"           # im handler payloads
+  "./server/mqttsn/packet FuzzDecode"   # MQTT-SN v1.2 datagrams (the gateway's codec)
 )
 start=$SECONDS
 for t in "${targets[@]}"; do

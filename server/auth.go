@@ -330,6 +330,9 @@ type authHook struct {
 	guardMu sync.Mutex // serializes writers of guards
 	// user resolves the user id the %u of a guard rule stands for.
 	user func(cl *mqtt.Client) string
+	// vouched returns the identity a gateway's transport authenticated
+	// for cl's connection (Server.ServeConn).
+	vouched func(cl *mqtt.Client) (string, bool)
 }
 
 var _ mqtt.Hook = (*authHook)(nil)
@@ -342,6 +345,11 @@ func (h *authHook) Provides(b byte) bool {
 
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	user := string(pk.Connect.Username)
+	if h.vouched != nil {
+		if id, ok := h.vouched(cl); ok {
+			return user == id
+		}
+	}
 	if user == "" && !pk.Connect.PasswordFlag {
 		return h.anonymous(cl.Net.Listener)
 	}

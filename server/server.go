@@ -106,6 +106,12 @@ type Options struct {
 	// Cluster reaches users and clients connected to other nodes; nil on a
 	// single node. Pushes, kicks and single login then span the cluster.
 	Cluster Cluster
+	// Gateways names the listeners of protocol gateways that feed clients
+	// in through ServeConn (the MQTT-SN gateway's "mqttsn" and
+	// "mqttsn-dtls"), each with the address it binds, so that the
+	// anonymous rule of the server's own listeners (loopback only unless
+	// Auth.AllowAnonymous) applies to them too.
+	Gateways map[string]string
 	// Hooks are added to the engine after Colony's own (e.g. the store hook).
 	Hooks  []mqtt.Hook
 	Logger zerolog.Logger
@@ -181,6 +187,7 @@ type Server struct {
 	subID     atomic.Int64
 	started   atomic.Bool
 	closeOnce sync.Once
+	gwConns   gatewayConns // connections of in-process protocol gateways (ServeConn)
 
 	panics          atomic.Int64
 	refusedConnects atomic.Int64 // CONNECTs refused by limitsHook
@@ -233,6 +240,7 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.auth = ah
+	ah.vouched = s.vouchedIdentity
 	s.sessions = newSessions(s)
 	ah.user = s.sessions.guardUser
 	s.gateway = newGateway(s)
@@ -285,6 +293,9 @@ func (s *Server) newAuthHook() (*authHook, error) {
 		ListenerMQTT: isLoopback(s.opts.Listeners.MQTT),
 		ListenerTLS:  isLoopback(s.opts.Listeners.TLS),
 		ListenerWS:   isLoopback(s.opts.Listeners.WS),
+	}
+	for name, addr := range s.opts.Gateways {
+		loopback[name] = isLoopback(addr)
 	}
 	h.anonymous = func(listener string) bool {
 		if a.AllowAnonymous != nil {
@@ -386,6 +397,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			s.closeListeners()
 			return
 		}
+		s.closeGateways()
 		err = s.gateway.drain(ctx)
 		if cerr := s.mq.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close engine: %w", cerr))

@@ -116,7 +116,7 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.emit(Connected, cl, "")
 	// A username checked against the password file is an identity the
 	// server vouches for, so it becomes the user id until a module rebinds.
-	if user := string(cl.Properties.Username); user != "" && h.s.authenticatesUsers() {
+	if user := string(cl.Properties.Username); user != "" && h.s.checkedUsername(cl) {
 		if err := h.bind(cl.ID, user, nil); err != nil {
 			h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
 		}
@@ -167,7 +167,7 @@ func (h *sessions) guardUser(cl *mqtt.Client) string {
 		user = h.away[cl.ID]
 	}
 	h.mu.RUnlock()
-	if user == "" && !unbound && h.s.authenticatesUsers() {
+	if user == "" && !unbound && h.s.checkedUsername(cl) {
 		user = string(cl.Properties.Username)
 	}
 	return user
@@ -271,6 +271,17 @@ func (h *sessions) emit(kind EventKind, cl *mqtt.Client, user string) {
 func (h *sessions) stats() (bound, dropped int64) { return h.bound.Load(), h.dropped.Load() }
 
 func (s *Server) authenticatesUsers() bool { return s.opts.Auth.PasswordFile != "" }
+
+// checkedUsername reports whether cl's username is an identity the server
+// vouches for: checked against the password file, or authenticated by a
+// gateway's transport (ServeConn).
+func (s *Server) checkedUsername(cl *mqtt.Client) bool {
+	if s.authenticatesUsers() {
+		return true
+	}
+	_, ok := s.vouchedIdentity(cl)
+	return ok
+}
 
 // Watch calls fn for every connection event until cancel is called, and
 // in a cluster for users coming online and going offline on the other

@@ -68,6 +68,9 @@ func benchCmd(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Module, "module", "game", "rpc: module to call")
 	fs.StringVar(&cfg.Handler, "handler", "info", "rpc: handler to call")
 	fs.IntVar(&cfg.Window, "window", 1024, "most unacknowledged QoS 1/2 publishes per publisher")
+	fs.StringVar(&cfg.SN, "sn", "", "MQTT-SN gateway host:port: publishers are MQTT-SN devices through it (subscribers stay on --url)")
+	fs.StringVar(&cfg.SNPSKIdentity, "sn-psk-identity", "", "with --sn: DTLS with this PSK identity")
+	fs.StringVar(&cfg.SNPSK, "sn-psk", "", "with --sn-psk-identity: the key, hex")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
 	if err := fs.Parse(args); err != nil {
 		return err

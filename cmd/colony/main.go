@@ -3,6 +3,7 @@
 //	colony serve [-c colony.toml] [--mqtt addr] [--ws addr] [--tls addr] [--http addr] [--data dir] [--node id] [--amqp url]
 //	colony passwd [-f users] <user>
 //	colony bench [--url url] [--scenario fan-in|fan-out|pairs|rpc|idle] [flags]
+//	colony sn pub|sub [-a addr] -t topic [flags]
 //	colony version
 package main
 
@@ -34,6 +35,7 @@ usage:
   colony bench [flags]        load-test a broker by URL (see colony bench -h)
   colony store compact [-c colony.toml] [--data DIR]
                               rewrite the store file without its free space (node stopped)
+  colony sn pub|sub [flags]   publish or subscribe over MQTT-SN (see colony sn pub -h)
   colony version              print version, commit, Go version and platform
 `
 
@@ -56,6 +58,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = benchCmd(args[1:], stdout, stderr)
 	case "store":
 		err = storeCmd(args[1:], stdout, stderr)
+	case "sn":
+		err = snCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, app.VersionString())
 	case "help", "-h", "--help":

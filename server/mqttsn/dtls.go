@@ -1,0 +1,168 @@
+package mqttsn
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/pion/dtls/v3"
+)
+
+// dtlsPeer is one DTLS association: one device.
+type dtlsPeer struct {
+	c    *dtls.Conn
+	id   string
+	k    string
+	once sync.Once
+}
+
+func (p *dtlsPeer) send(b []byte) error {
+	_, err := p.c.Write(b)
+	return err
+}
+func (p *dtlsPeer) key() string      { return p.k }
+func (p *dtlsPeer) listener() string { return ListenerDTLS }
+func (p *dtlsPeer) identity() string { return p.id }
+func (p *dtlsPeer) addr() net.Addr   { return p.c.RemoteAddr() }
+func (p *dtlsPeer) close() {
+	p.once.Do(func() { closeQuietly(p.c) })
+}
+
+// closeQuietly closes an association that is being given up; an error
+// means it was gone already.
+func closeQuietly(c net.Conn) {
+	if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return
+	}
+}
+
+// startDTLS binds the DTLS listener: PSK suites when a PSKStore is set,
+// certificate suites when a certificate is, both when both are.
+func (g *Gateway) startDTLS() error {
+	a, err := net.ResolveUDPAddr("udp", g.opts.DTLSListen)
+	if err != nil {
+		return fmt.Errorf("mqttsn dtls_listen %q: %w", g.opts.DTLSListen, err)
+	}
+	opts := []dtls.ServerOption{dtls.WithExtendedMasterSecret(dtls.RequireExtendedMasterSecret)}
+	var suites []dtls.CipherSuiteID
+	if g.opts.PSK != nil {
+		// CCM_8 is what constrained stacks (tinydtls, mbedTLS profiles for CoAP/LwM2M) usually have.
+		suites = append(suites, dtls.TLS_PSK_WITH_AES_128_CCM_8, dtls.TLS_PSK_WITH_AES_128_CCM,
+			dtls.TLS_PSK_WITH_AES_128_GCM_SHA256, dtls.TLS_PSK_WITH_CHACHA20_POLY1305_SHA256)
+	}
+	if g.opts.CertFile != "" {
+		suites = append(suites, dtls.TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, dtls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			dtls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, dtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			dtls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, dtls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			dtls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)
+	}
+	opts = append(opts, dtls.WithCipherSuites(suites...))
+	if store := g.opts.PSK; store != nil {
+		opts = append(opts,
+			dtls.WithPSK(func(identity []byte) ([]byte, error) { return store.PSK(string(identity)) }),
+			dtls.WithPSKIdentityHint([]byte("colony")))
+	}
+	if g.opts.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(g.opts.CertFile, g.opts.KeyFile)
+		if err != nil {
+			return fmt.Errorf("mqttsn dtls certificate: %w", err)
+		}
+		opts = append(opts, dtls.WithCertificates(cert))
+	}
+	if g.opts.ClientCAFile != "" {
+		pem, err := os.ReadFile(g.opts.ClientCAFile)
+		if err != nil {
+			return fmt.Errorf("mqttsn client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("mqttsn client_ca_file %s: no PEM certificate: %w", g.opts.ClientCAFile, ErrInvalidOptions)
+		}
+		opts = append(opts, dtls.WithClientCAs(pool), dtls.WithClientAuth(dtls.VerifyClientCertIfGiven))
+	}
+	ln, err := dtls.ListenWithOptions("udp", a, opts...)
+	if err != nil {
+		return fmt.Errorf("mqttsn dtls_listen %q: %w", g.opts.DTLSListen, err)
+	}
+	g.dtls = ln
+	g.log.Info().Str("listener", ListenerDTLS).Str("addr", ln.Addr().String()).Bool("psk", g.opts.PSK != nil).
+		Bool("certificate", g.opts.CertFile != "").Msg("listening")
+	g.wg.Add(1)
+	go g.acceptDTLS()
+	return nil
+}
+
+func (g *Gateway) acceptDTLS() {
+	defer g.wg.Done()
+	for {
+		c, err := g.dtls.Accept()
+		if err != nil {
+			select {
+			case <-g.closing:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			g.log.Debug().Err(err).Msg("dtls accept")
+			continue
+		}
+		dc, ok := c.(*dtls.Conn)
+		if !ok {
+			closeQuietly(c) // not a DTLS association; nothing to serve
+			continue
+		}
+		g.wg.Add(1)
+		go g.serveDTLS(dc)
+	}
+}
+
+// serveDTLS runs one association: the handshake, then its datagrams.
+func (g *Gateway) serveDTLS(c *dtls.Conn) {
+	defer g.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), g.opts.HandshakeTimeout)
+	err := c.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		g.st.handshakeFails.Add(1)
+		g.log.Debug().Err(err).Str("peer", c.RemoteAddr().String()).Msg("dtls handshake failed")
+		closeQuietly(c)
+		return
+	}
+	p := &dtlsPeer{c: c, k: "d" + c.RemoteAddr().String()}
+	if st, ok := c.ConnectionState(); ok {
+		switch {
+		case len(st.IdentityHint) > 0:
+			p.id = string(st.IdentityHint)
+		case len(st.PeerCertificates) > 0:
+			if cert, err := x509.ParseCertificate(st.PeerCertificates[0]); err == nil {
+				p.id = cert.Subject.CommonName
+			}
+		}
+	}
+	// An association that never gets a session is closed; one whose
+	// session ends is closed by the session.
+	idle := time.AfterFunc(g.opts.HandshakeTimeout, func() {
+		if g.sessionOf(p) == nil {
+			p.close()
+		}
+	})
+	defer idle.Stop()
+	// A DTLS record carries at most 2^14 octets of plaintext.
+	buf := make([]byte, 1<<14+1)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			p.close()
+			return
+		}
+		g.handle(p, buf[:n])
+	}
+}

@@ -1,0 +1,248 @@
+package mqttsn_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/colonymq/colony/app"
+	"github.com/colonymq/colony/app/apptest"
+	"github.com/colonymq/colony/server/mqttsn"
+	"github.com/colonymq/colony/server/mqttsn/client"
+	"github.com/colonymq/colony/server/mqttsn/packet"
+)
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// deviceACL lets each device (user) write only its own topics; anonymous
+// MQTT clients (the test's paho) read everything under d/.
+const deviceACL = `topic read d/#
+pattern readwrite d/%u/#
+`
+
+func dialDTLS(t *testing.T, a *app.App, o client.Options) (*client.Client, error) {
+	t.Helper()
+	if o.RetryInterval == 0 {
+		o.RetryInterval = retry
+	}
+	o.MaxRetries = 10
+	c, err := client.Dial(ctx(t), a.Addr(mqttsn.ListenerDTLS), o)
+	if err == nil {
+		t.Cleanup(func() {
+			if err := c.Close(); err != nil {
+				t.Logf("close: %v", err)
+			}
+		})
+	}
+	return c, err
+}
+
+// TestDTLSPSK: devices authenticate with their PSK identity, which becomes
+// their user for the ACL; a wrong key or an unknown identity is refused
+// in the handshake.
+func TestDTLSPSK(t *testing.T) {
+	psk := writeFile(t, "psk", "# devices\ndev1:00112233445566778899aabbccddeeff\ndev2:ffeeddccbbaa99887766554433221100\n")
+	acl := writeFile(t, "acl", deviceACL)
+	a := runSN(t, func(c *app.Config) {
+		c.MQTTSN.Listen = app.Off
+		c.MQTTSN.DTLSListen = "127.0.0.1:0"
+		c.MQTTSN.PSKFile = psk
+		c.MQTTSN.Predefined["8"] = "d/dev1/minus"
+		c.MQTTSN.HandshakeTimeout = app.Duration(2 * time.Second)
+		c.Auth.ACLFile = acl
+	})
+	msgs, sink := apptest.Sink()
+	sub := apptest.V3(t, apptest.URL(a), "paho-sub")
+	apptest.Done(t, sub.Subscribe("d/#", 2, sink))
+
+	key := []byte{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff}
+	dev, err := dialDTLS(t, a, client.Options{ClientID: "c-dev1", CleanSession: true,
+		Predefined: map[string]uint16{"d/dev1/minus": 8}, DTLS: &client.DTLS{PSKIdentity: "dev1", PSK: key}})
+	if err != nil {
+		t.Fatalf("dtls dial with the right key: %v", err)
+	}
+	if err := dev.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Server().ClientsOf("dev1"); !slices.Equal(got, []string{"c-dev1"}) {
+		t.Fatalf("user dev1's clients: %v", got)
+	}
+	for _, qos := range []packet.QoS{-1, 0, 1, 2} {
+		topic := "d/dev1/t"
+		if qos == -1 {
+			topic = "d/dev1/minus" // predefined: QoS -1 names its topic by a predefined id or a short name
+		}
+		if err := dev.Publish(ctx(t), topic, qos, false, []byte{byte('0' + qos)}); err != nil {
+			t.Fatalf("publish qos %d: %v", qos, err)
+		}
+		if m := apptest.Next(t, msgs); m.Topic() != topic || m.Payload()[0] != byte('0'+qos) {
+			t.Fatalf("paho got %s %q", m.Topic(), m.Payload())
+		}
+	}
+	if err := dev.Publish(ctx(t), "d/dev2/t", 1, false, []byte("spoof")); !errors.Is(err, client.ErrRejected) {
+		t.Fatalf("publish to another device's topic: %v", err)
+	}
+	// And back: MQTT to the device over DTLS.
+	if _, _, err := dev.Subscribe(ctx(t), "d/dev1/cmd", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Server().Publish("d/dev1/cmd", []byte("reboot"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	if m := nextSN(t, dev); m.Topic != "d/dev1/cmd" || string(m.Payload) != "reboot" {
+		t.Fatalf("device got %+v", m)
+	}
+
+	before := a.MQTTSN().Stats().HandshakeFailures
+	// A wrong key makes the client's Finished undecryptable, which DTLS
+	// drops without an answer: the client's handshake times out, and the
+	// gateway gives the association up after handshake_timeout.
+	short, cancel := context.WithTimeout(ctx(t), 2*time.Second)
+	defer cancel()
+	if c, err := client.Dial(short, a.Addr(mqttsn.ListenerDTLS), client.Options{ClientID: "x",
+		DTLS: &client.DTLS{PSKIdentity: "dev1", PSK: []byte("wrong key")}}); err == nil {
+		c.Close()
+		t.Fatal("handshake with a wrong key succeeded")
+	}
+	if _, err := dialDTLS(t, a, client.Options{ClientID: "y", DTLS: &client.DTLS{PSKIdentity: "nobody", PSK: key}}); err == nil {
+		t.Fatal("handshake with an unknown identity succeeded")
+	}
+	deadline := time.Now().Add(apptest.Wait)
+	for a.MQTTSN().Stats().HandshakeFailures < before+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("handshake failures counted: %d", a.MQTTSN().Stats().HandshakeFailures-before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDTLSCertificate: the gateway presents a certificate; a device with a
+// client certificate is its common name for the ACL, one without is
+// anonymous (admitted on loopback).
+func TestDTLSCertificate(t *testing.T) {
+	pki := newPKI(t)
+	acl := writeFile(t, "acl", deviceACL+"topic readwrite anon/#\n")
+	a := runSN(t, func(c *app.Config) {
+		c.MQTTSN.DTLSListen = "127.0.0.1:0"
+		c.MQTTSN.CertFile, c.MQTTSN.KeyFile, c.MQTTSN.ClientCAFile = pki.serverCert, pki.serverKey, pki.caFile
+		c.Auth.ACLFile = acl
+	})
+	msgs, sink := apptest.Sink()
+	sub := apptest.V3(t, apptest.URL(a), "paho-sub")
+	apptest.Done(t, sub.Subscribe("d/#", 1, sink)) // what the ACL lets anonymous clients read
+	apptest.Done(t, sub.Subscribe("anon/#", 1, sink))
+
+	withCert, err := dialDTLS(t, a, client.Options{ClientID: "cert-dev", CleanSession: true,
+		DTLS: &client.DTLS{RootCAs: pki.pool, ServerName: "localhost", Certificates: []tls.Certificate{pki.client}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := withCert.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := withCert.Publish(ctx(t), "d/sensor-9/t", 1, false, []byte("hot")); err != nil {
+		t.Fatal(err)
+	}
+	if m := apptest.Next(t, msgs); m.Topic() != "d/sensor-9/t" || string(m.Payload()) != "hot" {
+		t.Fatalf("paho got %s %q", m.Topic(), m.Payload())
+	}
+	if err := withCert.Publish(ctx(t), "anon/x", 1, false, []byte("no")); err == nil {
+		t.Fatal("a device with a certificate used the anonymous rules")
+	}
+
+	anon, err := dialDTLS(t, a, client.Options{ClientID: "anon-dev", CleanSession: true,
+		DTLS: &client.DTLS{RootCAs: pki.pool, ServerName: "localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := anon.Connect(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := anon.Publish(ctx(t), "anon/x", 0, false, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if m := apptest.Next(t, msgs); m.Topic() != "anon/x" {
+		t.Fatalf("paho got %s %q", m.Topic(), m.Payload())
+	}
+	// A client that does not trust the gateway's CA refuses it.
+	if _, err := dialDTLS(t, a, client.Options{ClientID: "z", DTLS: &client.DTLS{RootCAs: x509.NewCertPool(), ServerName: "localhost"}}); err == nil {
+		t.Fatal("handshake with an untrusted gateway certificate succeeded")
+	}
+}
+
+type pki struct {
+	caFile, serverCert, serverKey string
+	pool                          *x509.CertPool
+	client                        tls.Certificate
+}
+
+func newPKI(t *testing.T) pki {
+	t.Helper()
+	dir := t.TempDir()
+	key := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	caKey := key()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	issue := func(cn string, usage x509.ExtKeyUsage, dns []string) ([]byte, *ecdsa.PrivateKey) {
+		k := key()
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: dns,
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der, k
+	}
+	pemFile := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	srvDER, srvKey := issue("gateway", x509.ExtKeyUsageServerAuth, []string{"localhost"})
+	srvKeyDER, err := x509.MarshalECPrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliDER, cliKey := issue("sensor-9", x509.ExtKeyUsageClientAuth, nil)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return pki{
+		caFile: pemFile("ca.pem", "CERTIFICATE", caDER), serverCert: pemFile("srv.pem", "CERTIFICATE", srvDER),
+		serverKey: pemFile("srv.key", "EC PRIVATE KEY", srvKeyDER), pool: pool,
+		client: tls.Certificate{Certificate: [][]byte{cliDER}, PrivateKey: cliKey},
+	}
+}
