@@ -5,6 +5,8 @@ package server
 type API interface {
 	// Publish sends a message to the topic's subscribers as the server (no ACL).
 	Publish(topic string, payload []byte, retain bool, qos byte) error
+	// PublishMessage publishes like Publish, with MQTT 5 properties.
+	PublishMessage(m Outgoing) error
 	// Subscribe delivers matching publishes to fn on the publisher's goroutine.
 	Subscribe(filter string, fn func(Message)) (cancel func(), err error)
 	// BindUser binds a connected client to a user id.
@@ -29,6 +31,8 @@ type API interface {
 	Watch(fn func(Event)) (cancel func())
 	// Guard reserves a topic space: what clients may read and write there.
 	Guard(g TopicGuard) error
+	// AddAuthenticator admits clients by a module's own credentials.
+	AddAuthenticator(a Authenticator)
 }
 
 var _ API = (*Server)(nil)

@@ -103,9 +103,16 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	delete(h.away, cl.ID)
 	h.mu.Unlock()
 	h.emit(Connected, cl, "")
-	// A username checked against the password file is an identity the
-	// server vouches for, so it becomes the user id until a module rebinds.
-	if user := string(cl.Properties.Username); user != "" && h.s.authenticatesUsers() {
+	// An authenticator's identity, or else a username checked against the
+	// password file, is one the server vouches for, so it becomes the user
+	// id until a module rebinds.
+	if id, ok := h.s.auth.ids.of(cl); ok {
+		if id.UserID != "" {
+			if err := h.bind(cl.ID, id.UserID); err != nil {
+				h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
+			}
+		}
+	} else if user := string(cl.Properties.Username); user != "" && h.s.authenticatesUsers() {
 		if err := h.bind(cl.ID, user); err != nil {
 			h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
 		}
@@ -113,6 +120,9 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 }
 
 func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire {
+		defer h.s.auth.ids.forget(cl)
+	}
 	h.mu.Lock()
 	c, ok := h.conns[cl.ID]
 	if !ok || c.cl != cl { // already replaced by a newer connection with this id
@@ -133,6 +143,7 @@ func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 }
 
 func (h *sessions) OnClientExpired(cl *mqtt.Client) {
+	h.s.auth.ids.forget(cl)
 	h.mu.Lock()
 	delete(h.away, cl.ID)
 	h.mu.Unlock()
@@ -156,6 +167,11 @@ func (h *sessions) guardUser(cl *mqtt.Client) string {
 		user = h.away[cl.ID]
 	}
 	h.mu.RUnlock()
+	if user == "" && !unbound {
+		if id, ok := h.s.auth.ids.of(cl); ok {
+			return id.UserID
+		}
+	}
 	if user == "" && !unbound && h.s.authenticatesUsers() {
 		user = string(cl.Properties.Username)
 	}
