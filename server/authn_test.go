@@ -98,4 +98,3 @@ func TestAuthenticatorExtension(t *testing.T) {
 	}
 	apptest.V3(t, url, "alice-1", withCreds("alice", "wonderland"))
 }
-
