@@ -13,6 +13,8 @@ type API interface {
 	BindUser(clientID, userID string) error
 	// UserOf returns the user id bound to a connected client.
 	UserOf(clientID string) (string, bool)
+	// SubscribedTo reports whether a connected client has a subscription matching topic.
+	SubscribedTo(clientID, topic string) bool
 	// ClientsOf returns a user's connected client ids.
 	ClientsOf(userID string) []string
 	// SetValue stores a per-session value.

@@ -23,6 +23,7 @@ const (
 	Connected    EventKind = iota + 1 // a client finished CONNECT
 	Disconnected                      // a client's connection ended
 	UserBound                         // a connection was bound to a user id
+	Subscribed                        // a client's SUBSCRIBE was granted for Event.Filters
 )
 
 // String returns the event name.
@@ -34,6 +35,8 @@ func (k EventKind) String() string {
 		return "disconnected"
 	case UserBound:
 		return "user_bound"
+	case Subscribed:
+		return "subscribed"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -47,6 +50,7 @@ type Event struct {
 	Listener string
 	Remote   string
 	Time     time.Time
+	Filters  []string // Subscribed: the filters granted
 }
 
 // conn is Colony's view of one open connection.
@@ -87,7 +91,24 @@ var _ mqtt.Hook = (*sessions)(nil)
 func (h *sessions) ID() string { return "colony-sessions" }
 
 func (h *sessions) Provides(b byte) bool {
-	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect || b == mqtt.OnClientExpired
+	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect || b == mqtt.OnClientExpired || b == mqtt.OnSubscribed
+}
+
+// OnSubscribed tells watchers which filters a client was granted, so a
+// module can send what waited for the client once it listens.
+func (h *sessions) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if cl.Net.Inline {
+		return
+	}
+	var filters []string
+	for i, sub := range pk.Filters {
+		if i < len(codes) && codes[i] < 0x80 {
+			filters = append(filters, sub.Filter)
+		}
+	}
+	if len(filters) > 0 {
+		h.emitFilters(Subscribed, cl, "", filters)
+	}
 }
 
 func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
@@ -244,6 +265,10 @@ func (h *sessions) bind(clientID, user string) error {
 const reasonSingleLogin = "logged in on another connection"
 
 func (h *sessions) emit(kind EventKind, cl *mqtt.Client, user string) {
+	h.emitFilters(kind, cl, user, nil)
+}
+
+func (h *sessions) emitFilters(kind EventKind, cl *mqtt.Client, user string, filters []string) {
 	h.mu.RLock()
 	if user == "" {
 		if c, ok := h.conns[cl.ID]; ok && c.cl == cl {
@@ -259,7 +284,7 @@ func (h *sessions) emit(kind EventKind, cl *mqtt.Client, user string) {
 		return
 	}
 	ev := Event{Kind: kind, ClientID: cl.ID, UserID: user, Username: string(cl.Properties.Username),
-		Listener: cl.Net.Listener, Remote: cl.Net.Remote, Time: time.Now()}
+		Listener: cl.Net.Listener, Remote: cl.Net.Remote, Time: time.Now(), Filters: filters}
 	for _, w := range ws {
 		w(ev)
 	}
@@ -298,6 +323,23 @@ func (s *Server) UserOf(clientID string) (string, bool) {
 		return "", false
 	}
 	return c.user, true
+}
+
+// SubscribedTo reports whether a connected client holds a subscription
+// matching topic, such as one its persistent session brought back.
+func (s *Server) SubscribedTo(clientID, topic string) bool {
+	s.sessions.mu.RLock()
+	c, ok := s.sessions.conns[clientID]
+	s.sessions.mu.RUnlock()
+	if !ok {
+		return false
+	}
+	for filter := range c.cl.State.Subscriptions.GetAll() {
+		if covers(filter, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 // ClientsOf returns the client ids of a user's open connections, sorted.
