@@ -273,7 +273,8 @@ func (cs *commands) answer(ctx context.Context, device, topicID string, corr, pa
 	if w.timer != nil {
 		w.timer.Stop()
 	}
-	w.done <- resp
+	// Stored before the caller hears, so command_get agrees with it.
+	defer func() { w.done <- resp }()
 	err := cs.m.st.cmds.Update(ctx, reqID, func(c Command, ok bool) (Command, bool, error) {
 		if !ok {
 			return c, false, errSkip
