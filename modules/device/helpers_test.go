@@ -220,3 +220,9 @@ func decode(t *testing.T, b []byte) map[string]any {
 	}
 	return m
 }
+
+// claimConnect is the CONNECT of a device using fleet claim name.
+func claimConnect(clientID, secret, name string) *paho.Connect {
+	return &paho.Connect{ClientID: clientID, CleanStart: true, Username: "claim:" + name, UsernameFlag: true,
+		Password: []byte(secret), PasswordFlag: true}
+}

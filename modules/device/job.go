@@ -244,7 +244,12 @@ func (m *Module) jobList(ctx context.Context, _ *struct{}) (*JobList, error) {
 		all = append(all, j)
 	}
 	m.jobs.allM.RUnlock()
-	sort.Slice(all, func(i, k int) bool { return all[i].CreatedAt > all[k].CreatedAt })
+	sort.Slice(all, func(i, k int) bool {
+		if all[i].CreatedAt != all[k].CreatedAt {
+			return all[i].CreatedAt > all[k].CreatedAt
+		}
+		return all[i].ID > all[k].ID
+	})
 	out := &JobList{Jobs: make([]*Job, 0, len(all))}
 	for _, j := range all {
 		r, err := m.jobs.rollup(j)
