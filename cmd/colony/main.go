@@ -2,6 +2,7 @@
 //
 //	colony serve [-c colony.toml] [--mqtt addr] [--ws addr] [--tls addr] [--http addr] [--data dir] [--node id] [--amqp url]
 //	colony passwd [-f users] <user>
+//	colony device [--url url] [-u user] add|list|show|disable|enable|delete|token|psk …
 //	colony bench [--url url] [--scenario fan-in|fan-out|pairs|rpc|idle] [flags]
 //	colony version
 package main
@@ -31,6 +32,7 @@ const usage = `colony: an MQTT-first application server
 usage:
   colony serve [flags]        run a node (no config needed; see colony serve -h)
   colony passwd [-f file] U   add or change user U in a password file
+  colony device <cmd> …       manage devices on a running node (see colony device -h)
   colony bench [flags]        load-test a broker by URL (see colony bench -h)
   colony version              print version, commit, Go version and platform
 `
@@ -52,6 +54,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = passwd(args[1:], stdin, stdout, stderr)
 	case "bench":
 		err = benchCmd(args[1:], stdout, stderr)
+	case "device":
+		err = deviceCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, app.VersionString())
 	case "help", "-h", "--help":

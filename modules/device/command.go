@@ -259,7 +259,10 @@ func (cs *commands) answer(ctx context.Context, device, topicID string, corr, pa
 	}
 	resp := json.RawMessage(payload)
 	if !json.Valid(payload) {
-		resp, _ = json.Marshal(string(payload))
+		var err error
+		if resp, err = json.Marshal(string(payload)); err != nil {
+			return
+		}
 	}
 	cs.mu.Lock()
 	w, ok := cs.waiting[reqID]

@@ -340,10 +340,7 @@ func (js *jobs) notify(_ context.Context, device string) {
 // follows dev/<id>/jobs/.
 func (js *jobs) message(ctx context.Context, device, rest string, payload []byte) {
 	base := TopicRoot + device + "/jobs/"
-	var tok struct {
-		ClientToken string `json:"clientToken"`
-	}
-	_ = json.Unmarshal(payload, &tok) // best effort: only to echo it
+	tok := struct{ ClientToken string }{clientToken(payload)}
 	if rest == "get" {
 		p, err := js.pending(device)
 		if err != nil {

@@ -202,8 +202,11 @@ func (p *presence) process() {
 		}
 		if a.status {
 			st := p.status(a.device)
-			b, _ := json.Marshal(st)
-			if err := p.m.host.Server.Publish(TopicRoot+a.device+"/status", b, true, 1); err != nil {
+			b, err := json.Marshal(st)
+			if err == nil {
+				err = p.m.host.Server.Publish(TopicRoot+a.device+"/status", b, true, 1)
+			}
+			if err != nil {
 				p.m.log.Warn().Err(err).Str("device", a.device).Msg("publish status")
 			}
 		}

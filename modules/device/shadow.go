@@ -98,12 +98,7 @@ func (m *Module) shadowMessage(ctx context.Context, id, rest string, payload []b
 		name, rest = n, op
 	}
 	base := shadowTopic(id, name)
-	var token struct {
-		ClientToken string `json:"clientToken"`
-	}
-	if len(payload) > 0 {
-		_ = json.Unmarshal(payload, &token) // best effort: a bad payload is answered below
-	}
+	token := struct{ ClientToken string }{clientToken(payload)}
 	reject := func(op string, err error) {
 		m.publishJSON(base+"/"+op+"/rejected", shadowErr(err, token.ClientToken))
 	}
@@ -171,7 +166,10 @@ func (m *Module) updateShadow(ctx context.Context, u *ShadowUpdate, size int) (*
 		}
 	}
 	if size == 0 {
-		b, _ := json.Marshal(u)
+		b, err := json.Marshal(u)
+		if err != nil {
+			return nil, rpc.Errorf(rpc.CodeBadRequest, "update: %v: %w", err, ErrInvalid)
+		}
 		size = len(b)
 	}
 	if size > m.opts.MaxShadowBytes {
@@ -203,7 +201,10 @@ func (m *Module) updateShadow(ctx context.Context, u *ShadowUpdate, size int) (*
 		if hasReported {
 			n.State.Reported, n.Metadata.Reported = apply(n.State.Reported, n.Metadata.Reported, rm, reported == nil, t)
 		}
-		b, _ := json.Marshal(n.State)
+		b, err := json.Marshal(n.State)
+		if err != nil {
+			return cur, false, rpc.Errorf(rpc.CodeBadRequest, "shadow state: %v: %w", err, ErrInvalid)
+		}
 		if len(b) > m.opts.MaxShadowBytes {
 			return cur, false, rpc.Errorf(rpc.CodeBadRequest, "shadow would be %d bytes, at most %d: %w", len(b), m.opts.MaxShadowBytes, ErrTooLarge)
 		}
@@ -435,4 +436,16 @@ func (m *Module) shadowList(ctx context.Context, req *IDReq) (*ShadowNames, erro
 		return nil, fmt.Errorf("list shadows of %s: %w", req.ID, err)
 	}
 	return out, nil
+}
+
+// clientToken returns the clientToken of a JSON payload, "" if it has
+// none or is not JSON (which the operation itself then reports).
+func clientToken(payload []byte) string {
+	var v struct {
+		ClientToken string `json:"clientToken"`
+	}
+	if json.Unmarshal(payload, &v) != nil {
+		return ""
+	}
+	return v.ClientToken
 }
