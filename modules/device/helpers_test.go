@@ -26,7 +26,7 @@ type node struct {
 	dev *device.Module
 }
 
-func start(t *testing.T, cfg app.Config, opts device.Options) *node {
+func start(t testing.TB, cfg app.Config, opts device.Options) *node {
 	t.Helper()
 	m := device.New(opts)
 	return &node{App: apptest.Run(t, cfg, m), dev: m}

@@ -42,7 +42,7 @@ type ingest struct {
 	warn sync.Map         // devices whose bad payload was logged
 }
 
-const maxBatch = 2048
+const maxBatch = 8192
 
 func newIngest(m *Module) *ingest {
 	return &ingest{m: m, ch: make(chan point, m.opts.IngestQueue), last: map[string]int64{}}
@@ -168,18 +168,48 @@ func flatten(prefix string, doc map[string]any, out Values) {
 	}
 }
 
+// inflightCommits is how many telemetry batches may wait for their
+// commit at once: while one waits for the disk the next one fills, which
+// is what keeps ingest from being bound by commit latency.
+const inflightCommits = 4
+
 // run writes queued points until Stop.
 func (in *ingest) run() {
-	batch := make([]point, 0, maxBatch)
+	sem := make(chan struct{}, inflightCommits)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
+		var first point
 		select {
 		case <-in.m.stop:
 			return
-		case p := <-in.ch:
-			batch = append(batch[:0], p)
+		case first = <-in.ch:
 		}
-		batch = in.collect(batch)
-		in.write(batch)
+		// While every commit slot is taken the batch keeps growing, so a
+		// slow disk means bigger commits, not a longer queue.
+		batch := append(make([]point, 0, 256), first)
+	fill:
+		for {
+			if len(batch) >= maxBatch {
+				sem <- struct{}{}
+				break
+			}
+			select {
+			case sem <- struct{}{}:
+				batch = in.collect(batch)
+				break fill
+			case p := <-in.ch:
+				batch = append(batch, p)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer func() {
+				<-sem
+				wg.Done()
+			}()
+			in.write(batch)
+		}()
 	}
 }
 
