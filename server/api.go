@@ -5,6 +5,8 @@ package server
 type API interface {
 	// Publish sends a message to the topic's subscribers as the server (no ACL).
 	Publish(topic string, payload []byte, retain bool, qos byte) error
+	// PublishMessage publishes like Publish, with MQTT 5 properties.
+	PublishMessage(m Outgoing) error
 	// Subscribe delivers matching publishes to fn on the publisher's goroutine.
 	Subscribe(filter string, fn func(Message)) (cancel func(), err error)
 	// BindUser binds a connected client to a user id.
@@ -14,6 +16,8 @@ type API interface {
 	ClaimUser(clientID, userID string) error
 	// UserOf returns the user id bound to a connected client.
 	UserOf(clientID string) (string, bool)
+	// SubscribedTo reports whether a connected client has a subscription matching topic.
+	SubscribedTo(clientID, topic string) bool
 	// ClientsOf returns a user's connected client ids.
 	ClientsOf(userID string) []string
 	// SetValue stores a per-session value.
@@ -32,6 +36,8 @@ type API interface {
 	Watch(fn func(Event)) (cancel func())
 	// Guard reserves a topic space: what clients may read and write there.
 	Guard(g TopicGuard) error
+	// AddAuthenticator admits clients by a module's own credentials.
+	AddAuthenticator(a Authenticator)
 }
 
 var _ API = (*Server)(nil)

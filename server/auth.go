@@ -333,6 +333,11 @@ type authHook struct {
 	// vouched returns the identity a gateway's transport authenticated
 	// for cl's connection (Server.ServeConn).
 	vouched func(cl *mqtt.Client) (string, bool)
+	// authns are the modules' authenticators (Server.AddAuthenticator),
+	// copied on write like guards; ids what they admitted.
+	authns  atomic.Pointer[[]Authenticator]
+	authnMu sync.Mutex
+	ids     identities
 }
 
 var _ mqtt.Hook = (*authHook)(nil)
@@ -345,10 +350,15 @@ func (h *authHook) Provides(b byte) bool {
 
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	user := string(pk.Connect.Username)
+	// A gateway's transport (DTLS) has already authenticated the device:
+	// module authenticators judge credentials, which such a client has none of.
 	if h.vouched != nil {
 		if id, ok := h.vouched(cl); ok {
 			return user == id
 		}
+	}
+	if ok, decided := h.authenticate(cl, pk); decided {
+		return ok
 	}
 	if user == "" && !pk.Connect.PasswordFlag {
 		return h.anonymous(cl.Net.Listener)
@@ -365,13 +375,26 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		h.denied()
 		return false
 	}
+	guarded := false
 	if gs := h.guards.Load(); gs != nil {
-		if ok, decided := checkGuards(*gs, cl, topic, write, h.user); decided {
-			if !ok {
-				h.denied()
-			}
-			return ok
+		ok, decided := checkGuards(*gs, cl, topic, write, h.user)
+		if decided && !ok {
+			h.denied()
+			return false
 		}
+		guarded = decided
+	}
+	// A client an authenticator confined (Identity.Access) is held to
+	// that alone, inside guarded spaces as well as outside.
+	if id, ok := h.ids.of(cl); ok && id.Access != nil {
+		if !id.Access(topic, write) {
+			h.denied()
+			return false
+		}
+		return true
+	}
+	if guarded {
+		return true
 	}
 	if h.acl == nil {
 		return true

@@ -476,6 +476,43 @@ func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) er
 	return nil
 }
 
+// Outgoing is a message the server publishes with MQTT 5 properties
+// (PublishMessage). MQTT 3.1.1 subscribers get topic and payload only.
+type Outgoing struct {
+	Topic           string
+	Payload         []byte
+	QoS             byte
+	Retain          bool
+	ResponseTopic   string // where the receiver should answer
+	CorrelationData []byte // echoed in the answer, to match it to this message
+	ContentType     string
+	MessageExpiry   uint32 // seconds; 0: does not expire
+}
+
+// PublishMessage sends m to the topic's subscribers as the server itself,
+// bypassing the ACL, with its MQTT 5 properties.
+func (s *Server) PublishMessage(m Outgoing) error {
+	if !mqtt.IsValidFilter(m.Topic, true) {
+		return fmt.Errorf("publish %s: %w", m.Topic, packets.ErrTopicNameInvalid)
+	}
+	if m.ResponseTopic != "" && !mqtt.IsValidFilter(m.ResponseTopic, true) {
+		return fmt.Errorf("publish %s: response topic %q: %w", m.Topic, m.ResponseTopic, packets.ErrTopicNameInvalid)
+	}
+	qos := min(m.QoS, 2)
+	err := s.mq.InjectPacket(s.inline, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: m.Retain},
+		TopicName:   m.Topic,
+		Payload:     m.Payload,
+		Properties: packets.Properties{ResponseTopic: m.ResponseTopic, CorrelationData: m.CorrelationData,
+			ContentType: m.ContentType, MessageExpiryInterval: m.MessageExpiry},
+		PacketID: uint16(qos),
+	})
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", m.Topic, err)
+	}
+	return nil
+}
+
 // Message is a publish seen by a module subscription.
 type Message struct {
 	Topic    string
@@ -483,6 +520,10 @@ type Message struct {
 	QoS      byte
 	Retain   bool
 	ClientID string // publisher's client id; "inline" for the server itself
+	// ResponseTopic and CorrelationData are the MQTT 5 request/response
+	// properties of the publish, if it had them.
+	ResponseTopic   string
+	CorrelationData []byte
 }
 
 // Subscribe delivers matching publishes to fn, which runs on the publisher's
@@ -490,7 +531,8 @@ type Message struct {
 func (s *Server) Subscribe(filter string, fn func(Message)) (cancel func(), err error) {
 	id := int(s.subID.Add(1))
 	err = s.mq.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-		fn(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, ClientID: pk.Origin})
+		fn(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, ClientID: pk.Origin,
+			ResponseTopic: pk.Properties.ResponseTopic, CorrelationData: pk.Properties.CorrelationData})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", filter, err)

@@ -29,6 +29,7 @@ const (
 	// RemoteOffline: a user lost its last connection on another node,
 	// or that node stopped, or was not heard from for too long.
 	RemoteOffline
+	Subscribed // a client's SUBSCRIBE was granted for Event.Filters
 )
 
 // String returns the event name.
@@ -44,6 +45,8 @@ func (k EventKind) String() string {
 		return "remote_online"
 	case RemoteOffline:
 		return "remote_offline"
+	case Subscribed:
+		return "subscribed"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -57,7 +60,8 @@ type Event struct {
 	Listener string
 	Remote   string
 	Time     time.Time
-	Node     string // RemoteOnline, RemoteOffline: the other node; "" for this node's events
+	Node     string   // RemoteOnline, RemoteOffline: the other node; "" for this node's events
+	Filters  []string // Subscribed: the filters granted
 }
 
 // conn is Colony's view of one open connection.
@@ -98,7 +102,24 @@ var _ mqtt.Hook = (*sessions)(nil)
 func (h *sessions) ID() string { return "colony-sessions" }
 
 func (h *sessions) Provides(b byte) bool {
-	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect || b == mqtt.OnClientExpired
+	return b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect || b == mqtt.OnClientExpired || b == mqtt.OnSubscribed
+}
+
+// OnSubscribed tells watchers which filters a client was granted, so a
+// module can send what waited for the client once it listens.
+func (h *sessions) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if cl.Net.Inline {
+		return
+	}
+	var filters []string
+	for i, sub := range pk.Filters {
+		if i < len(codes) && codes[i] < 0x80 {
+			filters = append(filters, sub.Filter)
+		}
+	}
+	if len(filters) > 0 {
+		h.emitFilters(Subscribed, cl, "", filters)
+	}
 }
 
 func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
@@ -114,9 +135,16 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	delete(h.away, cl.ID)
 	h.mu.Unlock()
 	h.emit(Connected, cl, "")
-	// A username checked against the password file is an identity the
-	// server vouches for, so it becomes the user id until a module rebinds.
-	if user := string(cl.Properties.Username); user != "" && h.s.checkedUsername(cl) {
+	// An authenticator's identity, or else a username checked against the
+	// password file or vouched for by a gateway's transport, is one the server vouches for, so it becomes the user
+	// id until a module rebinds.
+	if id, ok := h.s.auth.ids.of(cl); ok {
+		if id.UserID != "" {
+			if err := h.bind(cl.ID, id.UserID, nil); err != nil {
+				h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
+			}
+		}
+	} else if user := string(cl.Properties.Username); user != "" && h.s.checkedUsername(cl) {
 		if err := h.bind(cl.ID, user, nil); err != nil {
 			h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
 		}
@@ -124,6 +152,9 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 }
 
 func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire {
+		defer h.s.auth.ids.forget(cl)
+	}
 	h.mu.Lock()
 	c, ok := h.conns[cl.ID]
 	if !ok || c.cl != cl { // already replaced by a newer connection with this id
@@ -144,6 +175,7 @@ func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 }
 
 func (h *sessions) OnClientExpired(cl *mqtt.Client) {
+	h.s.auth.ids.forget(cl)
 	h.mu.Lock()
 	delete(h.away, cl.ID)
 	h.mu.Unlock()
@@ -167,6 +199,11 @@ func (h *sessions) guardUser(cl *mqtt.Client) string {
 		user = h.away[cl.ID]
 	}
 	h.mu.RUnlock()
+	if user == "" && !unbound {
+		if id, ok := h.s.auth.ids.of(cl); ok {
+			return id.UserID
+		}
+	}
 	if user == "" && !unbound && h.s.checkedUsername(cl) {
 		user = string(cl.Properties.Username)
 	}
@@ -247,6 +284,10 @@ func (h *sessions) bind(clientID, user string, check func(*conn) error) error {
 const reasonSingleLogin = "logged in on another connection"
 
 func (h *sessions) emit(kind EventKind, cl *mqtt.Client, user string) {
+	h.emitFilters(kind, cl, user, nil)
+}
+
+func (h *sessions) emitFilters(kind EventKind, cl *mqtt.Client, user string, filters []string) {
 	h.mu.RLock()
 	if user == "" {
 		if c, ok := h.conns[cl.ID]; ok && c.cl == cl {
@@ -262,7 +303,7 @@ func (h *sessions) emit(kind EventKind, cl *mqtt.Client, user string) {
 		return
 	}
 	ev := Event{Kind: kind, ClientID: cl.ID, UserID: user, Username: string(cl.Properties.Username),
-		Listener: cl.Net.Listener, Remote: cl.Net.Remote, Time: time.Now()}
+		Listener: cl.Net.Listener, Remote: cl.Net.Remote, Time: time.Now(), Filters: filters}
 	for _, w := range ws {
 		w(ev)
 	}
@@ -362,6 +403,23 @@ func (s *Server) UserOf(clientID string) (string, bool) {
 		return "", false
 	}
 	return c.user, true
+}
+
+// SubscribedTo reports whether a connected client holds a subscription
+// matching topic, such as one its persistent session brought back.
+func (s *Server) SubscribedTo(clientID, topic string) bool {
+	s.sessions.mu.RLock()
+	c, ok := s.sessions.conns[clientID]
+	s.sessions.mu.RUnlock()
+	if !ok {
+		return false
+	}
+	for filter := range c.cl.State.Subscriptions.GetAll() {
+		if covers(filter, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 // ClientsOf returns the client ids of a user's open connections, sorted.

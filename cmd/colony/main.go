@@ -2,6 +2,7 @@
 //
 //	colony serve [-c colony.toml] [--mqtt addr] [--ws addr] [--tls addr] [--http addr] [--data dir] [--node id] [--amqp url]
 //	colony passwd [-f users] <user>
+//	colony device [--url url] [-u user] add|list|show|disable|enable|delete|token|psk …
 //	colony bench [--url url] [--scenario fan-in|fan-out|pairs|rpc|idle] [flags]
 //	colony sn pub|sub [-a addr] -t topic [flags]
 //	colony version
@@ -32,6 +33,7 @@ const usage = `colony: an MQTT-first application server
 usage:
   colony serve [flags]        run a node (no config needed; see colony serve -h)
   colony passwd [-f file] U   add or change user U in a password file
+  colony device <cmd> …       manage devices on a running node (see colony device -h)
   colony bench [flags]        load-test a broker by URL (see colony bench -h)
   colony store compact [-c colony.toml] [--data DIR]
                               rewrite the store file without its free space (node stopped)
@@ -60,6 +62,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = storeCmd(args[1:], stdout, stderr)
 	case "sn":
 		err = snCmd(args[1:], stdout, stderr)
+	case "device":
+		err = deviceCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, app.VersionString())
 	case "help", "-h", "--help":
