@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/rs/zerolog"
 
@@ -43,6 +44,7 @@ type App struct {
 	fed      *cluster.Federation // message federation; nil on a single node
 	srv      *server.Server
 	ops      *opsServer
+	modStats *metrics.Set // the modules' own metrics (Host.Metrics)
 	startAt  time.Time
 	stopping chan struct{}
 }
@@ -189,11 +191,13 @@ func (a *App) Start(ctx context.Context) (err error) {
 		}
 	}
 
+	a.modStats = metrics.NewSet()
 	for _, m := range mods {
 		host := &Host{
 			Node: a.cfg.Node.ID, Module: m.ID(),
 			Log:      a.log.With().Str("module", m.ID()).Logger(),
 			Registry: a.reg, RPC: a.client, Server: a.srv, Store: a.db,
+			Metrics: a.modStats,
 		}
 		if err := m.Init(ctx, host); err != nil {
 			return fmt.Errorf("init module %s: %w", m.ID(), err)

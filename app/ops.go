@@ -42,6 +42,7 @@ func startOps(a *App, addr string) (*opsServer, error) {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		set.WritePrometheus(w)
+		a.modStats.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
 	})
 	o := &opsServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
