@@ -180,3 +180,16 @@ func (ns *nodes) matchmaker() string {
 	}
 	return best
 }
+
+// Nodes returns the loads the other live game nodes announced last,
+// sorted by node id.
+func (m *Module) Nodes() []Load {
+	live := m.nodes.live()
+	out := make([]Load, 0, len(live))
+	for _, id := range m.nodes.others() {
+		if l, ok := live[id]; ok {
+			out = append(out, l.Load)
+		}
+	}
+	return out
+}
