@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
