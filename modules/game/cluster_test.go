@@ -67,7 +67,7 @@ func TestRoomsAcrossNodes(t *testing.T) {
 	bob.publishInput(room, game.InputReq{Seq: 2, Data: json.RawMessage(`"p1"`)})
 	bob.publishInput(room, game.InputReq{Seq: 3, Data: json.RawMessage(`"p2"`)})
 	var seqs []uint64
-	for range 200 { // until the published inputs have crossed
+	for deadline := time.Now().Add(apptest.Wait); time.Now().Before(deadline); { // until they have crossed
 		a.advance(1)
 		f := ann.next(game.MsgFrame)
 		for _, in := range f.Inputs {

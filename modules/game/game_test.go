@@ -475,23 +475,27 @@ func TestInputRateLimit(t *testing.T) {
 	if m := ps[0].next(game.MsgNotice); string(m.Data) != `{"dropped":2,"reason":"rate_limited"}` {
 		t.Fatalf("notice %+v %s", m, m.Data)
 	}
-	// And /metrics shows it, with the rest.
-	resp, err := http.Get("http://" + n.Addr("http") + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range []string{
-		"colony_game_rooms 1", "colony_game_players 2", "colony_game_players_online 2", "colony_game_ticks_total 21",
-		"colony_game_ticks_late_total 0", "colony_game_inputs_total 3",
-		`colony_game_inputs_dropped_total{reason="rate_limited"} 2`, `colony_game_tick_duration_seconds{quantile="0.99"} `,
-	} {
-		if !strings.Contains(string(body), "\n"+line) {
-			t.Errorf("/metrics lacks %q", line)
+	// And /metrics shows it, with the rest (the tick's own count lands
+	// just after its last message).
+	apptest.Eventually(t, func() error {
+		resp, err := http.Get("http://" + n.Addr("http") + "/metrics")
+		if err != nil {
+			return err
 		}
-	}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		for _, line := range []string{
+			"colony_game_rooms 1", "colony_game_players 2", "colony_game_players_online 2", "colony_game_ticks_total 21",
+			"colony_game_ticks_late_total 0", "colony_game_inputs_total 3",
+			`colony_game_inputs_dropped_total{reason="rate_limited"} 2`, `colony_game_tick_duration_seconds{quantile="0.99"} `,
+		} {
+			if !strings.Contains(string(body), "\n"+line) {
+				return fmt.Errorf("/metrics lacks %q", line)
+			}
+		}
+		return nil
+	})
 }
