@@ -47,7 +47,7 @@ type ListenersConfig struct {
 	MQTT string `toml:"mqtt"` // MQTT over TCP; default "127.0.0.1:1883"
 	TLS  string `toml:"tls"`  // MQTT over TLS; default "off"
 	WS   string `toml:"ws"`   // MQTT over WebSocket; default "127.0.0.1:8083"
-	HTTP string `toml:"http"` // /healthz and /metrics; default "127.0.0.1:8080"
+	HTTP string `toml:"http"` // /healthz, /metrics, /connect.json, module pages; default "127.0.0.1:8080"
 }
 
 // TLSConfig holds the TLS listener's certificate.

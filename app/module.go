@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sort"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -48,6 +49,17 @@ type Dependent interface {
 // federation, so every node must keep its space closed.
 type Guarded interface {
 	Guards() []server.TopicGuard
+}
+
+// Web is implemented by modules that serve HTTP, such as a demo page, on
+// the node's HTTP listener (listeners.http, next to /healthz and
+// /metrics). The App calls Web once, after the module's Start, and mounts
+// the handler under /<module id>/ with that prefix stripped: a module "im"
+// gets GET /im/app.js as /app.js. GET /connect.json tells such pages how to
+// reach the node (see ConnectInfo). Modules that are not enabled on this
+// node serve nothing here; a nil handler serves nothing either.
+type Web interface {
+	Web() http.Handler
 }
 
 // Configurable is implemented by modules that take settings from their

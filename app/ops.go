@@ -11,7 +11,8 @@ import (
 	"github.com/colonymq/colony/server"
 )
 
-// startOps binds the operations endpoint: /healthz and /metrics.
+// startOps binds the HTTP listener: /healthz, /metrics, /connect.json and
+// the modules' pages (Web).
 func startOps(a *App, addr string) (*opsServer, error) {
 	ln, err := server.Listen("http", addr)
 	if err != nil {
@@ -45,6 +46,10 @@ func startOps(a *App, addr string) (*opsServer, error) {
 		a.modStats.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
 	})
+	if err := a.mountWeb(mux); err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
 	o := &opsServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
 		if err := o.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -18,7 +18,7 @@
 //	exchange colony.retained      fanout, durable=false, auto_delete=false
 //	queue    colony.node.<node>   durable=false, auto_delete=true, exclusive=true
 //	                              bound to colony.retained (every node gets every retained message),
-//	                              to colony.msg with key "long" (see below), and to colony.msg
+//	                              to colony.msg with keys "long" and "users" (see below), and to colony.msg
 //	                              with one binding key per distinct local subscription filter
 //
 // Interest decides routing: a node binds a filter's key when the first
@@ -100,6 +100,10 @@
 // clear is remembered, so an older message arriving late does not undo
 // it); an older version still reaches current subscribers as an ordinary
 // message. Local stamps never go backwards behind stamps seen from peers.
+// The order is decided just before the engine stores a message, not in
+// one step with it: a local and a remote version of one topic handled by
+// a node at the same instant can be stored in the opposite order (a known
+// limitation; closing it needs the engine to store under the decision).
 //
 // When a node connects (at start and after every reconnect) it publishes a
 // sync request to colony.retained (headers origin, type "sync_request";
@@ -150,6 +154,25 @@
 // node between the old node's unbinding and the new node's binding (a
 // few milliseconds) miss the session, and a client that reconnects
 // elsewhere before its first node has bound its key is not found there.
+//
+// Every node also tells the others which users have connections on it,
+// so that each gateway can report users online elsewhere to its modules
+// (server.Watch events RemoteOnline and RemoteOffline; the im module's
+// presence counts them). Reports go to colony.msg with key "users", which
+// every node binds; headers origin and type "users", a JSON body:
+//
+//	{"online":["carol"],"offline":["bob"],"ttl_ms":30000}     changes, sent as they happen
+//	{"full":true,"users":["alice","carol"],"ttl_ms":30000}    every user connected there
+//
+// A full report goes out every Options.UsersInterval (10 s), after the
+// node (re)joins, and when another node asks with type "users_request"
+// (which a node sends when it joins); a stopping node sends an empty full
+// report. A receiver replaces what it knew of the sender on a full
+// report, and forgets the sender's users when it has heard nothing from
+// it for ttl_ms (three intervals): after a crash or a lost RabbitMQ
+// connection, a node's users count as offline elsewhere after at most
+// that long. A full report lists every user of the node, so its size
+// grows with the node's users (about 10 bytes each).
 //
 // # Guarantees
 //

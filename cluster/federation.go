@@ -97,6 +97,11 @@ type Options struct {
 	// long a node waits for the old connection to close when it hands one
 	// over. Default DefaultTakeoverWait.
 	TakeoverWait time.Duration
+	// UsersInterval is how often the node sends the others the full list
+	// of users connected here (changes go out at once); a node that has
+	// sent nothing for three intervals counts as having no users. Default
+	// DefaultUsersInterval.
+	UsersInterval time.Duration
 	// Logger receives one line per event (connected, connection lost,
 	// blocked), never one per message. The zero value logs nothing.
 	Logger zerolog.Logger
@@ -129,6 +134,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.TakeoverWait <= 0 {
 		o.TakeoverWait = DefaultTakeoverWait
+	}
+	if o.UsersInterval <= 0 {
+		o.UsersInterval = DefaultUsersInterval
 	}
 	if o.Node == "" {
 		return o, fmt.Errorf("%w: node id is required", ErrInvalidOptions)
@@ -169,6 +177,8 @@ type Broker interface {
 	ReleaseSession(ctx context.Context, clientID string, keep bool) (*server.SessionState, error)
 	// AdoptSession installs a session another node released.
 	AdoptSession(st *server.SessionState)
+	// RemoteUser reports a user online or offline on another node.
+	RemoteUser(node, userID string, online bool)
 }
 
 var _ Broker = (*server.Server)(nil)
@@ -203,6 +213,9 @@ type Federation struct {
 	waiters  map[string]chan *server.SessionState // takeover correlation id -> waiting claim
 	corr     atomic.Uint64
 
+	dir       *directory    // users here and on the other nodes
+	usersDone chan struct{} // closed when usersLoop has returned
+
 	mu       sync.Mutex // guards started and the closing of life
 	started  bool
 	shut     atomic.Bool
@@ -221,19 +234,21 @@ func New(opts Options) (*Federation, error) {
 	}
 	life, cancel := context.WithCancel(context.Background())
 	return &Federation{
-		opts:     opts,
-		log:      opts.Logger.With().Str("component", "federation").Str("node", opts.Node).Logger(),
-		connName: opts.Prefix + " " + opts.Node + " federation",
-		msgEx:    MessageExchange(opts.Prefix),
-		retEx:    RetainedExchange(opts.Prefix),
-		queue:    NodeQueue(opts.Prefix, opts.Node),
-		in:       newInterest(),
-		ret:      newRetainedIndex(),
-		owners:   make(map[string]*mqtt.Client),
-		waiters:  make(map[string]chan *server.SessionState),
-		life:     life,
-		cancel:   cancel,
-		loopDone: make(chan struct{}),
+		opts:      opts,
+		log:       opts.Logger.With().Str("component", "federation").Str("node", opts.Node).Logger(),
+		connName:  opts.Prefix + " " + opts.Node + " federation",
+		msgEx:     MessageExchange(opts.Prefix),
+		retEx:     RetainedExchange(opts.Prefix),
+		queue:     NodeQueue(opts.Prefix, opts.Node),
+		in:        newInterest(),
+		ret:       newRetainedIndex(),
+		owners:    make(map[string]*mqtt.Client),
+		waiters:   make(map[string]chan *server.SessionState),
+		dir:       newDirectory(),
+		usersDone: make(chan struct{}),
+		life:      life,
+		cancel:    cancel,
+		loopDone:  make(chan struct{}),
 	}, nil
 }
 
@@ -266,6 +281,7 @@ func (f *Federation) Start(ctx context.Context, b Broker) error {
 	f.started = true
 	f.broker = b
 	f.mu.Unlock()
+	go f.usersLoop()
 
 	// The engine restores persistent sessions without calling hooks; their
 	// subscriptions count as much as live ones. Hooks wait meanwhile, so
@@ -322,10 +338,12 @@ func (f *Federation) Close(ctx context.Context) error {
 		return nil
 	}
 	<-f.loopDone
+	<-f.usersDone
 	s := f.sess.Swap(nil)
 	if s == nil {
 		return nil
 	}
+	f.leaveUsers(s)
 	err := s.shutdown(ctx)
 	f.log.Info().Msg("message federation closed")
 	if err != nil {
@@ -342,6 +360,7 @@ func (f *Federation) joined(s *session) {
 	if err := s.sync(); err != nil {
 		s.die(fmt.Errorf("retained sync: %w", err))
 	}
+	f.joinedUsers(s)
 }
 
 // run keeps the Federation connected until Close, reconnecting with a

@@ -137,8 +137,10 @@ func TestRetained(t *testing.T) {
 	c := newCluster(t)
 	a, b := c.node("a"), c.node("b")
 	pub, _ := client(t, a, "pub")
+	_, onA := client(t, a, "watch-a", "r/state")
 	publish(t, pub, "r/state", 1, true, "on")
 	publish(t, pub, "r/other", 0, true, "x")
+	expect(t, onA, "r/state", "on")
 	// Retained on b although nobody there subscribes to r/…. (Subscribing
 	// while it arrives could bring it twice, live and retained, as with
 	// any broker where a retained publish and a subscription cross.)
@@ -171,6 +173,11 @@ func TestRetained(t *testing.T) {
 	pubB, _ := client(t, b, "pub-b")
 	publish(t, pubB, "r/state", 1, true, "off")
 	expect(t, onB, "r/state", "off")
+	// Node a has it too before a clears it. Versions are ordered by stamp
+	// (doc.go), but a remote version and a local one that a node handles
+	// at the same instant can still be stored in the wrong order (hook.go,
+	// OnPublish): seen once here under heavy CI load. Known limitation.
+	expect(t, onA, "r/state", "off")
 	m := apptest.Next(t, onC.ch)
 	if m.Topic() != "r/state" || string(m.Payload()) != "off" {
 		t.Fatalf("node c got %s %q", m.Topic(), m.Payload())

@@ -98,8 +98,10 @@ func (s *session) open() error {
 	if err := s.ctl.QueueBind(f.queue, "", f.retEx, false, nil); err != nil {
 		return fmt.Errorf("bind queue %s to %s: %w", f.queue, f.retEx, err)
 	}
-	if err := s.ctl.QueueBind(f.queue, LongKey, f.msgEx, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s to %s: %w", f.queue, f.msgEx, err)
+	for _, key := range []string{LongKey, UsersKey} {
+		if err := s.ctl.QueueBind(f.queue, key, f.msgEx, false, nil); err != nil {
+			return fmt.Errorf("bind queue %s to %s: %w", f.queue, f.msgEx, err)
+		}
 	}
 	// The queue is new, so every key wanted now is bound here; changes
 	// from now on are the binder's.
@@ -372,7 +374,7 @@ func (s *session) consume(deliveries <-chan amqp091.Delivery) {
 // handle dispatches one delivery.
 func (s *session) handle(d *amqp091.Delivery) {
 	f := s.f
-	if s.control(d) {
+	if s.control(d) || s.users(d) {
 		return
 	}
 	m, err := decode(d)

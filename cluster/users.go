@@ -78,8 +78,10 @@ func isIDKey(key string) bool {
 var _ server.Cluster = (*Federation)(nil)
 
 // UserPresent binds the node's queue for a user's pushes and kicks while
-// the user has a connection here.
+// the user has a connection here, and tells the other nodes (see
+// UsersKey).
 func (f *Federation) UserPresent(userID string, present bool) {
+	f.dir.present(userID, present)
 	key, ok := UserKey(userID)
 	if !ok {
 		return

@@ -9,6 +9,9 @@ type API interface {
 	Subscribe(filter string, fn func(Message)) (cancel func(), err error)
 	// BindUser binds a connected client to a user id.
 	BindUser(clientID, userID string) error
+	// ClaimUser binds a client to a user id it chose, where the server
+	// trusts its clients with that (loopback, no passwords).
+	ClaimUser(clientID, userID string) error
 	// UserOf returns the user id bound to a connected client.
 	UserOf(clientID string) (string, bool)
 	// ClientsOf returns a user's connected client ids.

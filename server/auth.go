@@ -320,7 +320,10 @@ type authHook struct {
 	passwords *Passwords // nil: no password file
 	acl       *ACL       // nil: every authenticated client may use every topic
 	anonymous func(listener string) bool
-	onDenied  func()
+	// claims reports whether clients of a listener may choose their own
+	// user id (Server.ClaimUser).
+	claims   func(listener string) bool
+	onDenied func()
 	// guards are the modules' reserved topic spaces (Server.Guard), copied
 	// on write: every delivery reads them, a module adds one at startup.
 	guards  atomic.Pointer[[]guard]

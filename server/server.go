@@ -265,6 +265,9 @@ func (s *Server) newAuthHook() (*authHook, error) {
 		}
 		return loopback[listener]
 	}
+	h.claims = func(listener string) bool {
+		return h.passwords == nil && loopback[listener] && h.anonymous(listener)
+	}
 	if a.AllowAnonymous == nil && h.passwords == nil {
 		for id, addr := range map[string]string{ListenerMQTT: s.opts.Listeners.MQTT, ListenerTLS: s.opts.Listeners.TLS, ListenerWS: s.opts.Listeners.WS} {
 			if addr != "" && addr != Off && !loopback[id] {

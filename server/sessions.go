@@ -23,6 +23,12 @@ const (
 	Connected    EventKind = iota + 1 // a client finished CONNECT
 	Disconnected                      // a client's connection ended
 	UserBound                         // a connection was bound to a user id
+	// RemoteOnline: in a cluster, a user got its first connection on
+	// another node (Event.Node); ClientID is empty.
+	RemoteOnline
+	// RemoteOffline: a user lost its last connection on another node,
+	// or that node stopped, or was not heard from for too long.
+	RemoteOffline
 )
 
 // String returns the event name.
@@ -34,6 +40,10 @@ func (k EventKind) String() string {
 		return "disconnected"
 	case UserBound:
 		return "user_bound"
+	case RemoteOnline:
+		return "remote_online"
+	case RemoteOffline:
+		return "remote_offline"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -47,6 +57,7 @@ type Event struct {
 	Listener string
 	Remote   string
 	Time     time.Time
+	Node     string // RemoteOnline, RemoteOffline: the other node; "" for this node's events
 }
 
 // conn is Colony's view of one open connection.
@@ -106,7 +117,7 @@ func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	// A username checked against the password file is an identity the
 	// server vouches for, so it becomes the user id until a module rebinds.
 	if user := string(cl.Properties.Username); user != "" && h.s.authenticatesUsers() {
-		if err := h.bind(cl.ID, user); err != nil {
+		if err := h.bind(cl.ID, user, nil); err != nil {
 			h.s.log.Debug().Err(err).Str("client", cl.ID).Msg("bind user")
 		}
 	}
@@ -179,12 +190,20 @@ func (h *sessions) unbindLocked(c *conn) {
 	// c.user stays: a connection on its way out still reports who it was.
 }
 
-func (h *sessions) bind(clientID, user string) error {
+// bind binds a connection to user ("" unbinds); check, when not nil,
+// vets the connection first, under the lock.
+func (h *sessions) bind(clientID, user string, check func(*conn) error) error {
 	h.mu.Lock()
 	c, ok := h.conns[clientID]
 	if !ok {
 		h.mu.Unlock()
 		return fmt.Errorf("bind %q to user %q: %w", clientID, user, ErrNoClient)
+	}
+	if check != nil {
+		if err := check(c); err != nil {
+			h.mu.Unlock()
+			return err
+		}
 	}
 	h.unbindLocked(c)
 	c.user = ""
@@ -253,8 +272,10 @@ func (h *sessions) stats() (bound, dropped int64) { return h.bound.Load(), h.dro
 
 func (s *Server) authenticatesUsers() bool { return s.opts.Auth.PasswordFile != "" }
 
-// Watch calls fn for every connection event until cancel is called. fn runs
-// on the connection's goroutine and must not block.
+// Watch calls fn for every connection event until cancel is called, and
+// in a cluster for users coming online and going offline on the other
+// nodes (RemoteOnline, RemoteOffline). fn runs on the connection's (or
+// message federation's) goroutine and must not block.
 func (s *Server) Watch(fn func(Event)) (cancel func()) {
 	h := s.sessions
 	h.mu.Lock()
@@ -269,9 +290,57 @@ func (s *Server) Watch(fn func(Event)) (cancel func()) {
 	}
 }
 
+// RemoteUser tells Watch callbacks that a user got its first connection
+// (online) or lost its last one on another node of the cluster; message
+// federation calls it.
+func (s *Server) RemoteUser(node, userID string, online bool) {
+	h := s.sessions
+	h.mu.RLock()
+	ws := make([]func(Event), 0, len(h.watchers))
+	for _, w := range h.watchers {
+		ws = append(ws, w)
+	}
+	h.mu.RUnlock()
+	kind := RemoteOffline
+	if online {
+		kind = RemoteOnline
+	}
+	ev := Event{Kind: kind, UserID: userID, Node: node, Time: time.Now()}
+	for _, w := range ws {
+		w(ev)
+	}
+}
+
 // BindUser binds a connected client to a user id ("" unbinds). With
 // SingleLogin, the user's other connections are disconnected.
-func (s *Server) BindUser(clientID, userID string) error { return s.sessions.bind(clientID, userID) }
+func (s *Server) BindUser(clientID, userID string) error {
+	return s.sessions.bind(clientID, userID, nil)
+}
+
+// ErrNotTrusted reports that a client may not choose its own user id
+// (ClaimUser).
+var ErrNotTrusted = errors.New("client may not choose its user id")
+
+// ClaimUser binds a connected client to a user id of the client's own
+// choosing, as BindUser does, but only where the server trusts its
+// clients with that: it checks no passwords (no password file) and the
+// client came in anonymously on a listener bound to loopback, where every
+// client is the machine's own user (the trust Mosquitto 2 gives anonymous
+// loopback clients). Elsewhere it returns ErrNotTrusted: identities come
+// from the password file or from a module's BindUser. It serves demos and
+// local tools, such as the im module's web page.
+func (s *Server) ClaimUser(clientID, userID string) error {
+	if userID == "" {
+		return fmt.Errorf("claim user for %q: empty user id: %w", clientID, ErrInvalidOptions)
+	}
+	return s.sessions.bind(clientID, userID, func(c *conn) error {
+		if !s.auth.claims(c.cl.Net.Listener) {
+			return fmt.Errorf("claim user %q for %q: the server checks passwords or the listener is not loopback: %w",
+				userID, clientID, ErrNotTrusted)
+		}
+		return nil
+	})
+}
 
 // UserOf returns the user id bound to a connected client.
 func (s *Server) UserOf(clientID string) (string, bool) {

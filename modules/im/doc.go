@@ -21,6 +21,14 @@
 // under im/u/, with or without an ACL file. The App installs the guard on
 // every node that offers the module, also where it is not enabled.
 //
+// # Web demo
+//
+// Module.Web serves a chat page (web/, embedded) that the App mounts at
+// /im/ on the node's HTTP listener: plain JavaScript on MQTT.js over the
+// WebSocket listener, logging in with the login handler on a node that
+// trusts its loopback clients, or with a password. README.md tells how
+// to open it and how its browser test runs.
+//
 // # Model
 //
 // Every conversation is a log of entries numbered 1, 2, 3, … by the
@@ -42,6 +50,7 @@
 // cluster (modules.enabled) and reach it from the others over RPC, which
 // is what keeps sequence numbers unique per conversation. Deliveries are
 // ordinary publishes, which message federation carries to users connected
-// to other nodes. Presence, however, counts only the connections of the
-// node running im.
+// to other nodes. Presence counts the connections of every node: message
+// federation reports users connected elsewhere (server.RemoteOnline and
+// server.RemoteOffline).
 package im

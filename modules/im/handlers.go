@@ -2,14 +2,17 @@ package im
 
 import (
 	"context"
+	"errors"
 
 	"github.com/colonymq/colony/rpc"
+	"github.com/colonymq/colony/server"
 )
 
 // register registers every handler of the module; README.md documents
 // each with its request and result.
 func (m *Module) register(reg *rpc.Registry, id string) {
 	rpc.Handle(reg, id, "me", m.me)
+	rpc.Handle(reg, id, "login", m.login)
 	// Conversations.
 	rpc.Handle(reg, id, "direct", m.direct)
 	rpc.Handle(reg, id, "create", m.createConv)
@@ -47,4 +50,31 @@ func (m *Module) me(ctx context.Context, _ *struct{}) (*Me, error) {
 		return nil, err
 	}
 	return &Me{User: u, Topic: TopicRoot + u + "/#"}, nil
+}
+
+// login lets a client choose its user id where the server trusts its
+// clients with that (server.ClaimUser: loopback, no password file), which
+// is what the web demo uses on a default node.
+func (m *Module) login(ctx context.Context, req *LoginReq) (*Me, error) {
+	c, _ := rpc.CallerFrom(ctx)
+	if c.ClientID == "" || c.Module != "" {
+		return nil, rpc.Errorf(rpc.CodeBadRequest, "login is for client connections")
+	}
+	if err := checkUsers(req.User); err != nil {
+		return nil, err
+	}
+	if c.UserID != req.User {
+		err := m.host.Server.ClaimUser(c.ClientID, req.User)
+		switch {
+		case errors.Is(err, server.ErrNotTrusted):
+			return nil, rpc.Errorf(rpc.CodeForbidden,
+				"this node does not let clients choose their user id: connect with a username and password: %w", err)
+		case errors.Is(err, server.ErrNoClient):
+			return nil, rpc.Errorf(rpc.CodeBadRequest,
+				"login works only for clients connected to the node that runs im: %w", err)
+		case err != nil:
+			return nil, err
+		}
+	}
+	return &Me{User: req.User, Topic: TopicRoot + req.User + "/#"}, nil
 }

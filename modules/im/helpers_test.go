@@ -70,6 +70,19 @@ func persistent(cp *paho.Connect) {
 // login connects device id of user and subscribes it to its deliveries.
 func login(t *testing.T, n *node, user, id string, opts ...loginOpt) *client {
 	t.Helper()
+	c := dial(t, n, user, id, opts...)
+	// The CONNACK may reach the client just before the server registers
+	// the connection: the first bind can find no client yet.
+	apptest.Eventually(t, func() error { return n.Server().BindUser(id, user) })
+	if codes := c.subscribe(im.TopicRoot+user+"/#", "replies/"+id); !slices.Equal(codes, []byte{1, 1}) {
+		t.Fatalf("%s: subscribe: reason codes %v", id, codes)
+	}
+	return c
+}
+
+// dial connects device id, to be user, without binding or subscribing.
+func dial(t *testing.T, n *node, user, id string, opts ...loginOpt) *client {
+	t.Helper()
 	cp := &paho.Connect{ClientID: id, CleanStart: true}
 	for _, o := range opts {
 		o(cp)
@@ -82,12 +95,6 @@ func login(t *testing.T, n *node, user, id string, opts ...loginOpt) *client {
 	}
 	go c.route()
 	t.Cleanup(func() { close(c.done) })
-	// The CONNACK may reach the client just before the server registers
-	// the connection: the first bind can find no client yet.
-	apptest.Eventually(t, func() error { return n.Server().BindUser(id, user) })
-	if codes := c.subscribe(im.TopicRoot+user+"/#", "replies/"+id); !slices.Equal(codes, []byte{1, 1}) {
-		t.Fatalf("%s: subscribe: reason codes %v", id, codes)
-	}
 	return c
 }
 

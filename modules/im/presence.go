@@ -13,15 +13,16 @@ import (
 // presence follows connection events (server.Watch) to know which users
 // are online and announces changes to their contacts: the users they
 // share a direct conversation or a group of up to smallGroup members
-// with, except those they block.
-// It sees the connections of the node the module runs on; see the package
-// doc for clusters.
+// with, except those they block. It counts the connections of the node
+// the module runs on and, in a cluster, the other nodes where a user has
+// connections (RemoteOnline, RemoteOffline).
 type presence struct {
 	m        *Module
 	mu       sync.Mutex
-	byClient map[string]string         // client id -> user id bound to it
-	conns    map[string]int            // user id -> connections
-	pending  map[string]presenceChange // users to announce, latest change
+	byClient map[string]string          // client id -> user id bound to it
+	conns    map[string]int             // user id -> connections here
+	remote   map[string]map[string]bool // user id -> other nodes where it has connections
+	pending  map[string]presenceChange  // users to announce, latest change
 	wake     chan struct{}
 }
 
@@ -31,7 +32,7 @@ type presenceChange struct {
 }
 
 func newPresence(m *Module) *presence {
-	return &presence{m: m, byClient: map[string]string{}, conns: map[string]int{},
+	return &presence{m: m, byClient: map[string]string{}, conns: map[string]int{}, remote: map[string]map[string]bool{},
 		pending: map[string]presenceChange{}, wake: make(chan struct{}, 1)}
 }
 
@@ -56,8 +57,34 @@ func (p *presence) event(ev server.Event) {
 			p.down(prev, ev.Time)
 		}
 		p.byClient[ev.ClientID] = ev.UserID
-		if p.conns[ev.UserID]++; p.conns[ev.UserID] == 1 {
+		if p.conns[ev.UserID]++; p.conns[ev.UserID] == 1 && len(p.remote[ev.UserID]) == 0 {
 			p.pending[ev.UserID] = presenceChange{online: true, at: ev.Time.UnixMilli()}
+		}
+	case server.RemoteOnline:
+		if !validUser(ev.UserID) {
+			break
+		}
+		was := p.online(ev.UserID)
+		nodes := p.remote[ev.UserID]
+		if nodes == nil {
+			nodes = map[string]bool{}
+			p.remote[ev.UserID] = nodes
+		}
+		nodes[ev.Node] = true
+		if !was {
+			p.pending[ev.UserID] = presenceChange{online: true, at: ev.Time.UnixMilli()}
+		}
+	case server.RemoteOffline:
+		nodes := p.remote[ev.UserID]
+		if !nodes[ev.Node] {
+			break
+		}
+		delete(nodes, ev.Node)
+		if len(nodes) == 0 {
+			delete(p.remote, ev.UserID)
+		}
+		if !p.online(ev.UserID) {
+			p.pending[ev.UserID] = presenceChange{online: false, at: ev.Time.UnixMilli()}
 		}
 	}
 	p.mu.Unlock()
@@ -70,9 +97,15 @@ func (p *presence) event(ev server.Event) {
 func (p *presence) down(user string, t time.Time) {
 	if p.conns[user]--; p.conns[user] <= 0 {
 		delete(p.conns, user)
-		p.pending[user] = presenceChange{online: false, at: t.UnixMilli()}
+		if len(p.remote[user]) == 0 {
+			p.pending[user] = presenceChange{online: false, at: t.UnixMilli()}
+		}
 	}
 }
+
+// online reports whether user has a connection here or elsewhere; p.mu
+// is held.
+func (p *presence) online(user string) bool { return p.conns[user] > 0 || len(p.remote[user]) > 0 }
 
 // run announces changes until stop is closed.
 func (p *presence) run(stop <-chan struct{}) {
@@ -124,7 +157,7 @@ func (p *presence) process() {
 // of returns user's presence.
 func (p *presence) of(user string) (Presence, error) {
 	p.mu.Lock()
-	online := p.conns[user] > 0
+	online := p.online(user)
 	ch, pending := p.pending[user]
 	p.mu.Unlock()
 	pr := Presence{User: user, Online: online}

@@ -155,6 +155,11 @@ type Me struct {
 	Topic string `json:"topic"` // the filter to subscribe to for deliveries
 }
 
+// LoginReq chooses the caller's user id (login).
+type LoginReq struct {
+	User string `json:"user"`
+}
+
 // ConvReq names a conversation: get, join, leave, members.
 type ConvReq struct {
 	Conv string `json:"conv"`
