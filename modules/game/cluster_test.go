@@ -40,7 +40,10 @@ func TestRoomsAcrossNodes(t *testing.T) {
 	}
 
 	ann := login(t, a, "ann", "ann-a")
+	// Pushes from other nodes reach bob once node b has bound his routing
+	// key at RabbitMQ, which happens asynchronously after his login.
 	bob := login(t, b, "bob", "bob-b")
+	reachable(t, a, bob)
 	var created, joined game.JoinResp
 	ann.must("create", &game.CreateReq{Game: "duo"}, &created)
 	room := created.Room.ID
@@ -106,6 +109,7 @@ func TestRoomsAcrossNodes(t *testing.T) {
 
 	// Matchmaking runs on a (smallest id) for players of both nodes.
 	dan := login(t, b, "dan", "dan-b")
+	reachable(t, a, dan)
 	eve := login(t, a, "eve", "eve-a")
 	dan.must("queue", &game.QueueReq{Mode: "duel"}, nil)
 	eve.must("queue", &game.QueueReq{Mode: "duel"}, nil)
@@ -115,4 +119,25 @@ func TestRoomsAcrossNodes(t *testing.T) {
 	}
 	dan.must("join", &game.JoinReq{Room: ev.Room}, nil)
 	eve.must("join", &game.JoinReq{Room: ev.Room}, nil)
+}
+
+// reachable waits until pushes from node n reach p on another node: a
+// node binds a user's routing key asynchronously after login.
+func reachable(t *testing.T, n *node, p *player) {
+	t.Helper()
+	probe, _ := json.Marshal(game.Msg{Type: "probe"})
+	apptest.Eventually(t, func() error {
+		if _, err := n.Server().PushUser(p.name, game.Topic(p.name, game.TopicRoom), probe, 0); err != nil {
+			return err
+		}
+		select {
+		case m := <-p.room:
+			if m.Type == "probe" {
+				return nil
+			}
+			t.Fatalf("%s: unexpected %+v", p.name, m)
+		case <-time.After(20 * time.Millisecond):
+		}
+		return errors.New(p.name + " not reachable from node " + n.Config().Node.ID + " yet")
+	})
 }
