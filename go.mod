@@ -13,6 +13,7 @@ require (
 	github.com/pion/dtls/v3 v3.1.15
 	github.com/rabbitmq/amqp091-go v1.10.0
 	github.com/rs/zerolog v1.35.1
+	github.com/valyala/histogram v1.2.0
 	go.etcd.io/bbolt v1.4.3
 	golang.org/x/crypto v0.59.0
 	golang.org/x/term v0.48.0
@@ -24,7 +25,6 @@ require (
 	github.com/pion/transport/v5 v5.0.0 // indirect
 	github.com/rs/xid v1.6.0 // indirect
 	github.com/valyala/fastrand v1.1.0 // indirect
-	github.com/valyala/histogram v1.2.0 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sync v0.17.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect

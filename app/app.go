@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/rs/zerolog"
 
@@ -46,6 +47,7 @@ type App struct {
 	srv      *server.Server
 	sn       *mqttsn.Gateway // nil when both MQTT-SN listeners are off
 	ops      *opsServer
+	modStats *metrics.Set // the modules' own metrics (Host.Metrics)
 	startAt  time.Time
 	stopping chan struct{}
 }
@@ -192,11 +194,13 @@ func (a *App) Start(ctx context.Context) (err error) {
 		}
 	}
 
+	a.modStats = metrics.NewSet()
 	for _, m := range mods {
 		host := &Host{
 			Node: a.cfg.Node.ID, Module: m.ID(),
 			Log:      a.log.With().Str("module", m.ID()).Logger(),
 			Registry: a.reg, RPC: a.client, Server: a.srv, Store: a.db,
+			Metrics: a.modStats,
 		}
 		if err := m.Init(ctx, host); err != nil {
 			return fmt.Errorf("init module %s: %w", m.ID(), err)

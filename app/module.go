@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/rpc"
@@ -82,6 +83,9 @@ type Host struct {
 	Server   server.API     // publish, subscribe, push, users and sessions
 	Store    *store.DB      // open buckets with store.NewBucket
 	Module   string         // the module's own id
+	// Metrics is where the module registers its metrics (names prefixed
+	// colony_<module>_); /metrics serves them with the node's own.
+	Metrics *metrics.Set
 }
 
 // Base is an embeddable no-op lifecycle for modules that need only some steps.

@@ -44,6 +44,7 @@ func startOps(a *App, addr string) (*opsServer, error) {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		set.WritePrometheus(w)
+		a.modStats.WritePrometheus(w)
 		metrics.WriteProcessMetrics(w)
 	})
 	if err := a.mountWeb(mux); err != nil {

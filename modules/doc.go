@@ -10,5 +10,5 @@ import (
 
 // Builtin returns a fresh instance of every built-in module.
 func Builtin() []app.Module {
-	return []app.Module{im.New(im.Options{}), device.New(device.Options{}), game.New()}
+	return []app.Module{im.New(im.Options{}), device.New(device.Options{}), game.New(game.Options{})}
 }

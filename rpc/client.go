@@ -140,6 +140,11 @@ func Call[Resp any](ctx context.Context, c *Client, module, fn string, req any) 
 	if err != nil {
 		return nil, err
 	}
+	return typedResult[Resp](module, fn, v)
+}
+
+// typedResult turns what a transport returned into the typed result.
+func typedResult[Resp any](module, fn string, v any) (*Resp, error) {
 	switch r := v.(type) {
 	case *Resp:
 		return r, nil
@@ -175,4 +180,57 @@ func decodeResult[Resp any](module, fn string, b []byte) (*Resp, error) {
 // result; see Client.Send.
 func Notify(ctx context.Context, c *Client, module, fn string, req any) error {
 	return c.Send(ctx, module, fn, req)
+}
+
+// InvokeOn is Invoke pinned to one node: the call runs on that node's
+// instance of module, or fails with not_found when the node does not serve
+// it. Modules that keep state on one node (a game room, say) use it to
+// reach that state from every other node. A call pinned to this node runs
+// on the local transport. node "" is Invoke.
+func (c *Client) InvokeOn(ctx context.Context, node, module, fn string, arg any) (any, error) {
+	if node == "" || (c.local != nil && node == c.local.opts.Node) {
+		return c.Invoke(ctx, module, fn, arg)
+	}
+	t, err := c.route(module, node)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil { // unreachable: pinned calls never route to Local
+		return nil, Errorf(CodeNotFound, "no module %q on node %q", module, node)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	return t.Call(ctx, &Request{Module: module, Fn: fn, Node: node, Arg: arg})
+}
+
+// SendOn is Send pinned to one node; see InvokeOn.
+func (c *Client) SendOn(ctx context.Context, node, module, fn string, arg any) error {
+	if node == "" || (c.local != nil && node == c.local.opts.Node) {
+		return c.Send(ctx, module, fn, arg)
+	}
+	t, err := c.route(module, node)
+	if err != nil {
+		return err
+	}
+	if t == nil {
+		return Errorf(CodeNotFound, "no module %q on node %q", module, node)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	return t.Notify(ctx, &Request{Module: module, Fn: fn, Node: node, Arg: arg})
+}
+
+// CallOn is Call pinned to one node; see Client.InvokeOn.
+func CallOn[Resp any](ctx context.Context, c *Client, node, module, fn string, req any) (*Resp, error) {
+	v, err := c.InvokeOn(ctx, node, module, fn, req)
+	if err != nil {
+		return nil, err
+	}
+	return typedResult[Resp](module, fn, v)
 }

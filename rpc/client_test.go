@@ -261,3 +261,34 @@ func TestClientSetRemoteConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestClientPinnedCalls(t *testing.T) {
+	reg := NewRegistry()
+	Handle(reg, "calc", "add", func(_ context.Context, req *addReq) (*addResp, error) {
+		return &addResp{Sum: req.A + req.B}, nil
+	})
+	c := NewClient(ClientOptions{Local: newTestLocal(t, reg, LocalOptions{Node: "n1"})})
+	ctx := context.Background()
+	// Pinned to this node: the local transport, even without a remote.
+	resp, err := CallOn[addResp](ctx, c, "n1", "calc", "add", &addReq{A: 1, B: 2})
+	if err != nil || resp.Sum != 3 {
+		t.Fatalf("call pinned to this node = %+v, %v", resp, err)
+	}
+	if _, err := CallOn[addResp](ctx, c, "n2", "calc", "add", &addReq{}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("pinned to an unknown node without a remote: err = %v, want not_found", err)
+	}
+	remote := &fakeRemote{modules: map[string]bool{"calc": true}, result: Raw(`{"sum":7}`)}
+	c.SetRemote(remote)
+	// Pinned to another node: the remote, although calc runs here too.
+	resp, err = CallOn[addResp](ctx, c, "n2", "calc", "add", &addReq{A: 1})
+	if err != nil || resp.Sum != 7 {
+		t.Fatalf("call pinned to n2 = %+v, %v", resp, err)
+	}
+	if err := c.SendOn(ctx, "n2", "calc", "add", &addReq{}); err != nil {
+		t.Fatal(err)
+	}
+	reqs := remote.requests()
+	if len(reqs) != 2 || reqs[0].Node != "n2" || reqs[1].Node != "n2" || reqs[1].Fn != "add" {
+		t.Fatalf("remote saw %+v, want two calls pinned to n2", reqs)
+	}
+}
