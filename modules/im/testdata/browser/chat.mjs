@@ -38,7 +38,10 @@ async function open(name, user, password, checkWrong = false) {
     await page.fill('#password', password);
   }
   await page.click('#login-go');
-  await page.locator('#app').waitFor({ state: 'visible' });
+  // Either the app shows, or the form says why not: report that at once.
+  const refused = page.locator('#login-error').filter({ hasText: /./ });
+  await Promise.race([page.locator('#app').waitFor({ state: 'visible' }), refused.waitFor()]);
+  if (await refused.count()) throw new Error(`${name}: login failed: ${await refused.textContent()}`);
   await page.locator('#conn[data-state="online"]').waitFor();
   const me = await page.textContent('#me');
   if (me !== user) throw new Error(`${name}: logged in as ${me}, want ${user}`);
