@@ -47,10 +47,10 @@ func (s *Server) EstablishParkable(listener string, c net.Conn, spawn SpawnFn) e
 // is first served and reused for every park.
 type parking struct {
 	cl       *Client
+	srv      *Server
 	token    uint64 // identifies the connection to the poller
 	rc       syscall.RawConn
 	spawn    SpawnFn
-	resume   func() error // serves the connection again
 	timer    *time.Timer  // wakes the connection at its keep-alive deadline
 	deadline atomic.Int64 // of the current park, as monotonic ns since monoStart; 0: none
 	state    atomic.Int32 // parkActive or parkParked
@@ -91,8 +91,7 @@ func (s *Server) parkingFor(cl *Client, spawn SpawnFn) *parking {
 	if err != nil {
 		return nil
 	}
-	p := &parking{cl: cl, token: parkTokens.Add(1), rc: rc, spawn: spawn}
-	p.resume = func() error { return s.serveClient(cl, spawn, true) }
+	p := &parking{cl: cl, srv: s, token: parkTokens.Add(1), rc: rc, spawn: spawn}
 	p.timer = time.AfterFunc(time.Hour, p.expire)
 	p.timer.Stop()
 	cl.Net.park.Store(p)
@@ -157,3 +156,6 @@ func (p *parking) wake() {
 	thePoller.forget(p)
 	p.spawn(p.resume)
 }
+
+// resume serves the connection again after a park.
+func (p *parking) resume() error { return p.srv.serveClient(p.cl, p.spawn, true) }
