@@ -6,9 +6,12 @@
 package mqtt
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"time"
 )
 
 // readPools holds one pool of read buffers per buffer size (servers with
@@ -65,6 +68,27 @@ func (rb *readBuf) release() {
 func (rb *readBuf) reset() {
 	rb.r, rb.w = 0, 0
 	rb.release()
+}
+
+// readWithin waits until until for bytes to arrive and buffers them; false
+// means none did. keepalive is the connection's read deadline, restored
+// afterwards; when it comes first, readWithin returns true at once and the
+// read that follows reports the timeout. An error is the connection's end.
+func (rb *readBuf) readWithin(until, keepalive time.Time) (bool, error) {
+	if !keepalive.IsZero() && !keepalive.After(until) {
+		return true, nil
+	}
+	if err := rb.conn.SetReadDeadline(until); err != nil {
+		return false, err
+	}
+	err := rb.fill()
+	if derr := rb.conn.SetReadDeadline(keepalive); derr != nil {
+		return false, derr
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // buffered returns the number of bytes received and not yet consumed.

@@ -563,7 +563,11 @@ func (s *Server) serveClient(cl *Client, spawn SpawnFn, resumed bool) (err error
 // Client.Read. A connection the engine may park (parkingFor) is parked when
 // nothing more has arrived, and readClient returns ErrParked. A resumed
 // connection reads at once: it was woken because bytes arrived, its
-// deadline passed or it was closed, and the read says which.
+// deadline passed or it was closed, and the read says which. After that it
+// waits parkLinger for more before it parks again, so that a client in a
+// conversation (requests and replies, QoS flows, a steady stream) is served
+// as before, without a park and a wake-up per packet; the goroutine that
+// ran CONNECT parks at once, to give back the stack CONNECT grew.
 func (s *Server) readClient(cl *Client, spawn SpawnFn, resumed bool) error {
 	p := s.parkingFor(cl, spawn)
 	var deadline time.Time
@@ -573,6 +577,7 @@ func (s *Server) readClient(cl *Client, spawn SpawnFn, resumed bool) error {
 		}
 	}
 	var fh packets.FixedHeader
+	linger, lingers := false, resumed
 	for {
 		if !resumed {
 			if cl.Closed() {
@@ -582,12 +587,24 @@ func (s *Server) readClient(cl *Client, spawn SpawnFn, resumed bool) error {
 		}
 		resumed = false
 
-		if p != nil && cl.Net.rbuf.buffered() == 0 && !cl.Net.rbuf.readNow(p.rc) {
-			cl.Net.rbuf.release()
-			if p.park(deadline) {
-				return ErrParked
+		if p != nil && cl.Net.rbuf.buffered() == 0 {
+			ready := true
+			if linger {
+				var err error
+				if ready, err = cl.Net.rbuf.readWithin(time.Now().Add(parkLinger), deadline); err != nil {
+					return err
+				}
+			} else {
+				ready = cl.Net.rbuf.readNow(p.rc)
+			}
+			if !ready {
+				cl.Net.rbuf.release()
+				if p.park(deadline) {
+					return ErrParked
+				}
 			}
 		}
+		linger = lingers
 
 		if err := cl.ReadFixedHeader(&fh); err != nil {
 			return err
