@@ -275,3 +275,26 @@ func TestPanicAfterParkIsContained(t *testing.T) {
 	}
 	expect(t, c2, []byte{0xd0, 0})
 }
+
+// BenchmarkPingRoundTrip measures a PINGREQ/PINGRESP round trip on one
+// connection: the cost of serving a client in a conversation, which a
+// connection that parked between packets would pay a park and a wake-up
+// on (PATCHES.md P15, parkLinger).
+func BenchmarkPingRoundTrip(b *testing.B) {
+	a := apptest.Run(b, apptest.Config(b))
+	c := dialIdle(b, a.Addr("mqtt"), 1)[0]
+	defer c.Close()
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 2)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Write([]byte{0xc0, 0}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil || buf[0] != 0xd0 {
+			b.Fatalf("read %x: %v", buf, err)
+		}
+	}
+}
