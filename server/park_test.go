@@ -161,7 +161,9 @@ func TestParkedConnectionKeepAliveExpires(t *testing.T) {
 
 	// The same after one PINGREQ: the connection is served again, lingers,
 	// parks, and its deadline (renewed by the PINGREQ) still ends it.
-	c = connectRaw(t, a.Addr("mqtt"), "pinged", 1, "wills/pinged")
+	// Keep-alive 2 s (3 s deadline) leaves a loaded machine time to answer
+	// the PINGREQ first.
+	c = connectRaw(t, a.Addr("mqtt"), "pinged", 2, "wills/pinged")
 	if _, err := c.Write([]byte{0xc0, 0}); err != nil {
 		t.Fatal(err)
 	}
