@@ -75,7 +75,7 @@ func TestShutdownWhileClientsLeave(t *testing.T) {
 // the server process (Go heap and goroutine stacks; the client sockets live
 // in the same process, so their Go-side cost counts too: a net.Conn over
 // TCP, a gorilla WebSocket connection and its buffers over WebSocket).
-// Plain TCP connections are parked by the engine (PATCHES.md P15);
+// Plain TCP connections are parked by the engine (PATCHES.md P16);
 // WebSocket connections keep a goroutine blocked in a read.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	a := apptest.Run(b, apptest.Config(b))

@@ -19,7 +19,7 @@ import (
 	"github.com/colonymq/colony/server"
 )
 
-// The engine parks idle plain-TCP connections (PATCHES.md P15): no goroutine
+// The engine parks idle plain-TCP connections (PATCHES.md P16): no goroutine
 // serves them until bytes arrive, the keep-alive deadline passes or the
 // server ends them. These tests check each way out of a park.
 
@@ -281,7 +281,7 @@ func TestPanicAfterParkIsContained(t *testing.T) {
 // BenchmarkPingRoundTrip measures a PINGREQ/PINGRESP round trip on one
 // connection: the cost of serving a client in a conversation, which a
 // connection that parked between packets would pay a park and a wake-up
-// on (PATCHES.md P15, parkLinger).
+// on (PATCHES.md P16, parkLinger).
 func BenchmarkPingRoundTrip(b *testing.B) {
 	a := apptest.Run(b, apptest.Config(b))
 	c := dialIdle(b, a.Addr("mqtt"), 1)[0]

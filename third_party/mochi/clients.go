@@ -117,8 +117,8 @@ type Client struct {
 // ClientConnection contains the connection transport and metadata for the client.
 type ClientConnection struct {
 	Conn     net.Conn                // the net.Conn used to establish the connection
-	rbuf     readBuf                 // COLONY PATCH P16: buffers what the client sends, from a pool while there is something to read
-	park     atomic.Pointer[parking] // COLONY PATCH P15: set once the connection has been parked while idle
+	rbuf     readBuf                 // COLONY PATCH P17: buffers what the client sends, from a pool while there is something to read
+	park     atomic.Pointer[parking] // COLONY PATCH P16: set once the connection has been parked while idle
 	outbuf   *bytes.Buffer           // a buffer for writing packets
 	Remote   string                  // the remote address of the client
 	Listener string                  // listener id of the client
@@ -419,7 +419,7 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		if err != nil {
 			return err
 		}
-		cl.Net.rbuf.release() // COLONY PATCH P16
+		cl.Net.rbuf.release() // COLONY PATCH P17
 	}
 }
 
@@ -440,7 +440,7 @@ func (cl *Client) Stop(err error) {
 		}
 
 		if p := cl.Net.park.Load(); p != nil {
-			p.wake() // COLONY PATCH P15: a parked connection is served again, to end
+			p.wake() // COLONY PATCH P16: a parked connection is served again, to end
 		}
 
 		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())

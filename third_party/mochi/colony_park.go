@@ -1,4 +1,4 @@
-// COLONY PATCH (see PATCHES.md, P15): idle connections without goroutines.
+// COLONY PATCH (see PATCHES.md, P16): idle connections without goroutines.
 //
 // Upstream serves every connection with a goroutine blocked in a read for as
 // long as the connection is open. That goroutine ran the CONNECT handling,

@@ -1,4 +1,4 @@
-// COLONY PATCH (see PATCHES.md, P15): the poller that watches parked
+// COLONY PATCH (see PATCHES.md, P16): the poller that watches parked
 // connections, an epoll set of its own next to the Go runtime's.
 
 package mqtt

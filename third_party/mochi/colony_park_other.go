@@ -1,6 +1,6 @@
 //go:build !linux
 
-// COLONY PATCH (see PATCHES.md, P15): without a poller, connections are not
+// COLONY PATCH (see PATCHES.md, P16): without a poller, connections are not
 // parked; they still continue after CONNECT on a goroutine of their own.
 
 package mqtt

@@ -1,4 +1,4 @@
-// COLONY PATCH (see PATCHES.md, P16): a client's read buffer is borrowed
+// COLONY PATCH (see PATCHES.md, P17): a client's read buffer is borrowed
 // from a pool while there is something to read, instead of a bufio.Reader of
 // ClientNetReadBufferSize bytes held for the whole life of every connection
 // (2 KB per idle connection, most of an idle client's heap).

@@ -25,7 +25,7 @@ type Inflight struct {
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
-// COLONY PATCH P17: its maps are made by the first Set, so an idle client
+// COLONY PATCH P18: its maps are made by the first Set, so an idle client
 // that never had a message in flight holds none.
 func NewInflights() *Inflight {
 	return &Inflight{}
@@ -36,7 +36,7 @@ func (i *Inflight) Set(m packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	if i.internal == nil { // COLONY PATCH P17
+	if i.internal == nil { // COLONY PATCH P18
 		i.internal = map[uint16]packets.Packet{}
 		i.order = map[uint16]uint64{}
 	}

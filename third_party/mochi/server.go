@@ -419,7 +419,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 // attachClientWith is attachClient for a listener that lets the engine
 // choose the goroutines serving the connection (spawn non-nil, see
-// EstablishParkable). COLONY PATCH P15: the CONNECT handling and the reading
+// EstablishParkable). COLONY PATCH P16: the CONNECT handling and the reading
 // of what follows are split (connectClient, serveClient), so that the
 // reading can go on, or resume after a park, on a goroutine of its own.
 func (s *Server) attachClientWith(cl *Client, listener string, spawn SpawnFn) error {

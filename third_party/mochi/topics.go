@@ -33,7 +33,7 @@ func NewTopicAliases(topicAliasMaximum uint16) TopicAliases {
 
 // NewInboundTopicAliases returns a pointer to InboundTopicAliases.
 func NewInboundTopicAliases(topicAliasMaximum uint16) *InboundTopicAliases {
-	// COLONY PATCH P17: the map is made by the first Set.
+	// COLONY PATCH P18: the map is made by the first Set.
 	return &InboundTopicAliases{maximum: topicAliasMaximum}
 }
 
@@ -57,7 +57,7 @@ func (a *InboundTopicAliases) Set(id uint16, topic string) string {
 		return existing
 	}
 
-	if a.internal == nil { // COLONY PATCH P17
+	if a.internal == nil { // COLONY PATCH P18
 		a.internal = map[uint16]string{}
 	}
 	a.internal[id] = topic
@@ -74,7 +74,7 @@ type OutboundTopicAliases struct {
 
 // NewOutboundTopicAliases returns a pointer to OutboundTopicAliases.
 func NewOutboundTopicAliases(topicAliasMaximum uint16) *OutboundTopicAliases {
-	// COLONY PATCH P17: the map is made by the first Set.
+	// COLONY PATCH P18: the map is made by the first Set.
 	return &OutboundTopicAliases{maximum: topicAliasMaximum}
 }
 
@@ -98,7 +98,7 @@ func (a *OutboundTopicAliases) Set(topic string) (uint16, bool) {
 		return 0, false
 	}
 
-	if a.internal == nil { // COLONY PATCH P17
+	if a.internal == nil { // COLONY PATCH P18
 		a.internal = map[string]uint16{}
 	}
 	a.internal[topic] = uint16(i) + 1
@@ -254,7 +254,7 @@ type Subscriptions struct {
 }
 
 // NewSubscriptions returns a new instance of Subscriptions.
-// COLONY PATCH P17: the map is made by the first Add.
+// COLONY PATCH P18: the map is made by the first Add.
 func NewSubscriptions() *Subscriptions {
 	return &Subscriptions{}
 }
@@ -264,7 +264,7 @@ func NewSubscriptions() *Subscriptions {
 func (s *Subscriptions) Add(id string, val packets.Subscription) {
 	s.Lock()
 	defer s.Unlock()
-	if s.internal == nil { // COLONY PATCH P17
+	if s.internal == nil { // COLONY PATCH P18
 		s.internal = map[string]packets.Subscription{}
 	}
 	s.internal[id] = val
