@@ -19,8 +19,10 @@
 # Usage: scripts/bench-vs-mosquitto.sh                # full scale, one round, ~70 s
 #        ROUNDS=3 scripts/bench-vs-mosquitto.sh       # medians of three alternating rounds
 #        SCALE=0.05 scripts/bench-vs-mosquitto.sh     # a quick check
+#        SCENARIOS=idle scripts/bench-vs-mosquitto.sh # some scenarios only
 # Environment: SCALE (default 1), ROUNDS (default 1: each scenario runs ROUNDS
 # times against the three brokers in turn, and the table shows medians),
+# SCENARIOS (default all: fanin-q0 fanin-q1 fanout latency idle),
 # MOSQUITTO (default /usr/sbin/mosquitto), KEEP=1 keeps the temporary
 # directory (logs, JSON results) and prints its name.
 set -euo pipefail
@@ -117,7 +119,9 @@ stop() { # stops the running broker
 scaled() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s); if (v < 1) v = 1; print v }'; }
 
 # Scenario name and its colony bench flags.
-names=(fanin-q0 fanin-q1 fanout latency idle)
+# shellcheck disable=SC2206 # a list of words on purpose
+names=(${SCENARIOS:-fanin-q0 fanin-q1 fanout latency idle})
+picked() { [[ " ${names[*]} " == *" $1 "* ]]; }
 declare -A flags=(
   [fanin-q0]="--scenario fan-in --pubs 4 --subs 1 --count $(scaled 25000) --size 64 --qos 0"
   [fanin-q1]="--scenario fan-in --pubs 4 --subs 1 --count $(scaled 25000) --size 64 --qos 1"
@@ -205,7 +209,7 @@ print(json.dumps(d))' "$f" >"$f.tmp"
   done
 }
 
-for s in fanin-q0 fanin-q1 fanout latency; do lost_pct "$s"; done
+for s in fanin-q0 fanin-q1 fanout latency; do if picked "$s"; then lost_pct "$s"; fi; done
 
 echo "colony bench, SCALE=$SCALE, ROUNDS=$ROUNDS (medians; losses: the worst round), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "load average (1/5/15 min): $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after; other work on the machine skews the figures"
@@ -217,15 +221,22 @@ echo "|---|---|---|---|---|---|"
 c=$(scaled 25000)
 for q in 0 1; do
   s=fanin-q$q
+  picked "$s" || continue
   row "$s" "lost % (of $((4 * c)), worst round)" .lost_pct 1 2 low worst
   row "$s" "deliveries/s" .msgs_per_sec 1 0 high
   row "$s" "peak server RSS, MB" .server_rss.peak_kb 1024 1 low
 done
-row fanout "deliveries/s" .msgs_per_sec 1 0 high
-row fanout "lost % (worst round)" .lost_pct 1 2 low worst
-row latency "p50, ms" .latency.p50_ns 1000000 3 low
-row latency "p99, ms" .latency.p99_ns 1000000 3 low
-row latency "lost % (worst round)" .lost_pct 1 2 low worst
-row idle "connections open (worst round)" .connected 1 0 high least
-row idle "fresh server RSS, MB" .server_rss.before_kb 1024 1 low
-row idle "RSS per connection, KB" .server_rss.per_conn_bytes 1024 2 low
+if picked fanout; then
+  row fanout "deliveries/s" .msgs_per_sec 1 0 high
+  row fanout "lost % (worst round)" .lost_pct 1 2 low worst
+fi
+if picked latency; then
+  row latency "p50, ms" .latency.p50_ns 1000000 3 low
+  row latency "p99, ms" .latency.p99_ns 1000000 3 low
+  row latency "lost % (worst round)" .lost_pct 1 2 low worst
+fi
+if picked idle; then
+  row idle "connections open (worst round)" .connected 1 0 high least
+  row idle "fresh server RSS, MB" .server_rss.before_kb 1024 1 low
+  row idle "RSS per connection, KB" .server_rss.per_conn_bytes 1024 2 low
+fi

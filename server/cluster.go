@@ -113,16 +113,20 @@ func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool)
 	if !ok || cl.Net.Inline {
 		return nil, nil
 	}
-	s.sessions.mu.RLock()
+	var gone <-chan struct{}
+	s.sessions.mu.Lock()
 	c, live := s.sessions.conns[clientID]
-	s.sessions.mu.RUnlock()
 	if live && c.cl == cl {
+		gone = c.done()
+	}
+	s.sessions.mu.Unlock()
+	if gone != nil {
 		s.log.Info().Str("client", clientID).Msg("session taken over by another node")
 		if err := s.mq.DisconnectClient(cl, packets.ErrSessionTakenOver); err != nil && !errors.Is(err, packets.ErrSessionTakenOver) {
 			s.log.Debug().Err(err).Str("client", clientID).Msg("disconnect for takeover")
 		}
 		select {
-		case <-c.gone:
+		case <-gone:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("release session %q: old connection still closing: %w", clientID, ctx.Err())
 		}

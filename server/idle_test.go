@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
 )
@@ -71,24 +73,62 @@ func TestShutdownWhileClientsLeave(t *testing.T) {
 
 // BenchmarkIdleConnectionMemory reports what one idle MQTT connection costs
 // the server process (Go heap and goroutine stacks; the client sockets live
-// in the same process but their Go-side cost is only the net.Conn).
+// in the same process, so their Go-side cost counts too: a net.Conn over
+// TCP, a gorilla WebSocket connection and its buffers over WebSocket).
+// Plain TCP connections are parked by the engine (PATCHES.md P16);
+// WebSocket connections keep a goroutine blocked in a read.
 func BenchmarkIdleConnectionMemory(b *testing.B) {
-	const n = 2000
 	a := apptest.Run(b, apptest.Config(b))
+	b.Run("tcp", func(b *testing.B) {
+		benchIdle(b, 2000, func() []io.Closer {
+			var cs []io.Closer
+			for _, c := range dialIdle(b, a.Addr("mqtt"), 2000) {
+				cs = append(cs, c)
+			}
+			return cs
+		})
+	})
+	b.Run("ws", func(b *testing.B) {
+		benchIdle(b, 500, func() []io.Closer {
+			var cs []io.Closer
+			for i := range 500 {
+				ws, _, err := websocket.DefaultDialer.Dial(apptest.WSURL(a), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				id := fmt.Sprintf("ws%06d", i)
+				pk := append([]byte{0x10, byte(12 + len(id)), 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 1, 44, 0, byte(len(id))}, id...)
+				if err := ws.WriteMessage(websocket.BinaryMessage, pk); err != nil {
+					b.Fatal(err)
+				}
+				if err := ws.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+					b.Fatal(err)
+				}
+				if _, ack, err := ws.ReadMessage(); err != nil || len(ack) != 4 || ack[0] != 0x20 || ack[3] != 0 {
+					b.Fatalf("connack %x: %v", ack, err)
+				}
+				cs = append(cs, ws.NetConn())
+			}
+			return cs
+		})
+	})
+}
+
+func benchIdle(b *testing.B, n int, dial func() []io.Closer) {
 	for range b.N {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		g0 := runtime.NumGoroutine()
-		conns := dialIdle(b, a.Addr("mqtt"), n)
+		conns := dial()
 		time.Sleep(200 * time.Millisecond)
 		for range 4 {
 			runtime.GC() // stacks shrink one halving per GC
 		}
 		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/n, "heap-B/conn")
-		b.ReportMetric(float64(int64(after.StackInuse)-int64(before.StackInuse))/n, "stack-B/conn")
-		b.ReportMetric(float64(runtime.NumGoroutine()-g0)/n, "goroutines/conn")
+		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/float64(n), "heap-B/conn")
+		b.ReportMetric(float64(int64(after.StackInuse)-int64(before.StackInuse))/float64(n), "stack-B/conn")
+		b.ReportMetric(float64(runtime.NumGoroutine()-g0)/float64(n), "goroutines/conn")
 		for _, c := range conns {
 			c.Close()
 		}

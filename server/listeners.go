@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
 )
@@ -64,7 +65,8 @@ type listener struct {
 	onPanic   func()
 	ln        net.Listener
 	http      *http.Server
-	establish listeners.EstablishFn // set by Serve before the WebSocket server accepts
+	establish listeners.EstablishFn                                       // set by Serve before the WebSocket server accepts
+	parkable  func(listener string, c net.Conn, spawn mqtt.SpawnFn) error // the engine's EstablishParkable, if set
 	upgrader  websocket.Upgrader
 	conns     sync.WaitGroup
 	openMu    sync.Mutex
@@ -148,20 +150,42 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			return
 		}
 		l.conns.Add(1)
-		go func() {
-			defer l.conns.Done()
-			l.handle(conn, establish)
-		}()
+		go l.handle(conn, establish)
 	}
 }
 
 // handle runs one connection through the engine, bounding the wait for
-// CONNECT and containing any panic to this connection.
+// CONNECT and containing any panic to this connection. The caller has
+// counted the connection in l.conns. With the engine's EstablishParkable,
+// the connection is served on goroutines the engine asks for (an idle one
+// on none at all, see third_party/mochi/colony_park.go), each of them
+// protected like this one.
 func (l *listener) handle(conn net.Conn, establish listeners.EstablishFn) {
 	if !l.track(conn) {
+		l.conns.Done()
 		return
 	}
-	defer l.untrack(conn)
+	spawn := func(fn func() error) { go l.step(conn, fn) }
+	l.step(conn, func() error {
+		if l.timeout > 0 {
+			// The engine sets its keep-alive deadline after CONNECT; until then this
+			// deadline stops idle sockets from holding a goroutine forever.
+			if err := conn.SetReadDeadline(time.Now().Add(l.timeout)); err != nil {
+				return err
+			}
+		}
+		if l.parkable != nil {
+			return l.parkable(l.id, conn, spawn)
+		}
+		return establish(l.id, conn)
+	})
+}
+
+// step runs fn, one stretch of a connection's service. Unless the engine
+// handed the connection on to another goroutine (mqtt.ErrParked), the
+// connection has ended: step closes it and counts it done.
+func (l *listener) step(conn net.Conn, fn func() error) {
+	handedOn := false
 	defer func() {
 		if r := recover(); r != nil {
 			l.log.Error().Str("remote", conn.RemoteAddr().String()).Str("panic", fmt.Sprint(r)).
@@ -169,19 +193,21 @@ func (l *listener) handle(conn net.Conn, establish listeners.EstablishFn) {
 			if l.onPanic != nil {
 				l.onPanic()
 			}
+		} else if handedOn {
+			return
 		}
 		if err := conn.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			l.log.Debug().Err(err).Msg("close connection")
 		}
+		l.untrack(conn)
+		l.conns.Done()
 	}()
-	if l.timeout > 0 {
-		// The engine sets its keep-alive deadline after CONNECT; until then this
-		// deadline stops idle sockets from holding a goroutine forever.
-		if err := conn.SetReadDeadline(time.Now().Add(l.timeout)); err != nil {
-			return
-		}
+	err := fn()
+	if errors.Is(err, mqtt.ErrParked) {
+		handedOn = true
+		return
 	}
-	if err := establish(l.id, conn); err != nil && !isQuietDisconnect(err) {
+	if err != nil && !isQuietDisconnect(err) {
 		l.log.Debug().Err(err).Str("remote", conn.RemoteAddr().String()).Msg("connection ended")
 	}
 }
@@ -196,7 +222,6 @@ func (l *listener) serveWS(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader has already answered with an HTTP error
 	}
 	l.conns.Add(1)
-	defer l.conns.Done()
 	l.handle(&wsConn{Conn: c.NetConn(), c: c}, l.establish)
 }
 

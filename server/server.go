@@ -266,8 +266,9 @@ func New(opts Options) (*Server, error) {
 		if l.proto == "tls" {
 			tc = tlsConf
 		}
-		s.listeners = append(s.listeners, newListener(l.id, l.proto, l.addr, tc, opts.Limits.ConnectTimeout, opts.Logger,
-			func() { s.panics.Add(1) }))
+		ln := newListener(l.id, l.proto, l.addr, tc, opts.Limits.ConnectTimeout, opts.Logger, func() { s.panics.Add(1) })
+		ln.parkable = s.mq.EstablishParkable
+		s.listeners = append(s.listeners, ln)
 	}
 	return s, nil
 }

@@ -68,9 +68,25 @@ type Event struct {
 type conn struct {
 	cl      *mqtt.Client
 	user    string
-	unbound bool // a module unbound it: its username no longer counts (guardUser)
-	values  map[string]any
-	gone    chan struct{} // closed once the engine has reported the disconnect
+	unbound bool           // a module unbound it: its username no longer counts (guardUser)
+	values  map[string]any // made by the first SetValue: most connections have none
+	// ended is set, and gone (made only for someone waiting, to keep idle
+	// connections small) closed, once the engine has reported the
+	// disconnect; both under sessions.mu.
+	ended bool
+	gone  chan struct{}
+}
+
+// done returns a channel closed once the engine has reported c's
+// disconnect. The caller holds h.mu.
+func (c *conn) done() <-chan struct{} {
+	if c.gone == nil {
+		c.gone = make(chan struct{})
+		if c.ended {
+			close(c.gone)
+		}
+	}
+	return c.gone
 }
 
 // sessions binds connections to user ids and keeps per-session values. It is
@@ -123,7 +139,7 @@ func (h *sessions) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte
 }
 
 func (h *sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	c := &conn{cl: cl, values: map[string]any{}, gone: make(chan struct{})}
+	c := &conn{cl: cl}
 	h.mu.Lock()
 	if old, ok := h.conns[cl.ID]; ok {
 		h.unbindLocked(old)
@@ -169,8 +185,11 @@ func (h *sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 		h.away[cl.ID] = user
 	}
 	h.unbindLocked(c)
+	c.ended = true
+	if c.gone != nil {
+		close(c.gone)
+	}
 	h.mu.Unlock()
-	close(c.gone)
 	h.emit(Disconnected, cl, user)
 }
 
@@ -441,6 +460,9 @@ func (s *Server) SetValue(clientID, key string, v any) error {
 	c, ok := s.sessions.conns[clientID]
 	if !ok {
 		return fmt.Errorf("set %q on %q: %w", key, clientID, ErrNoClient)
+	}
+	if c.values == nil {
+		c.values = map[string]any{}
 	}
 	c.values[key] = v
 	return nil

@@ -5,7 +5,6 @@
 package mqtt
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -117,12 +116,13 @@ type Client struct {
 
 // ClientConnection contains the connection transport and metadata for the client.
 type ClientConnection struct {
-	Conn     net.Conn      // the net.Conn used to establish the connection
-	bconn    *bufio.Reader // a buffered net.Conn for reading packets
-	outbuf   *bytes.Buffer // a buffer for writing packets
-	Remote   string        // the remote address of the client
-	Listener string        // listener id of the client
-	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+	Conn     net.Conn                // the net.Conn used to establish the connection
+	rbuf     readBuf                 // COLONY PATCH P17: buffers what the client sends, from a pool while there is something to read
+	park     atomic.Pointer[parking] // COLONY PATCH P16: set once the connection has been parked while idle
+	outbuf   *bytes.Buffer           // a buffer for writing packets
+	Remote   string                  // the remote address of the client
+	Listener string                  // listener id of the client
+	Inline   bool                    // if true, the client is the built-in 'inline' embedded client
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -190,7 +190,7 @@ func newClient(c net.Conn, o *ops) *Client {
 	if c != nil {
 		cl.Net = ClientConnection{
 			Conn:   c,
-			bconn:  bufio.NewReaderSize(c, o.options.ClientNetReadBufferSize),
+			rbuf:   newReadBuf(c, o.options.ClientNetReadBufferSize),
 			Remote: c.RemoteAddr().String(),
 		}
 	}
@@ -287,8 +287,9 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	}
 }
 
-// refreshDeadline refreshes the read/write deadline for the net.Conn connection.
-func (cl *Client) refreshDeadline(keepalive uint16) {
+// refreshDeadline refreshes the read/write deadline for the net.Conn connection,
+// and returns it (zero: none).
+func (cl *Client) refreshDeadline(keepalive uint16) time.Time {
 	var expiry time.Time // nil time can be used to disable deadline if keepalive = 0
 	if keepalive > 0 {
 		// COLONY PATCH P15: in int, not uint16, which wrapped for keep-alives above 43,690 s.
@@ -298,6 +299,7 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 	if cl.Net.Conn != nil {
 		_ = cl.Net.Conn.SetDeadline(expiry) // [MQTT-3.1.2-22]
 	}
+	return expiry
 }
 
 // NextPacketID returns the next available (unused) packet id for the client.
@@ -419,6 +421,7 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		if err != nil {
 			return err
 		}
+		cl.Net.rbuf.release() // COLONY PATCH P17
 	}
 }
 
@@ -436,6 +439,10 @@ func (cl *Client) Stop(err error) {
 
 		if cl.State.cancelOpen != nil {
 			cl.State.cancelOpen()
+		}
+
+		if p := cl.Net.park.Load(); p != nil {
+			p.wake() // COLONY PATCH P16: a parked connection is served again, to end
 		}
 
 		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
@@ -466,11 +473,11 @@ func (cl *Client) IsTakenOver() bool {
 
 // ReadFixedHeader reads in the values of the next packet's fixed header.
 func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
-	if cl.Net.bconn == nil {
+	if cl.Net.rbuf.conn == nil {
 		return ErrConnectionClosed
 	}
 
-	b, err := cl.Net.bconn.ReadByte()
+	b, err := cl.Net.rbuf.firstByte()
 	if err != nil {
 		return err
 	}
@@ -481,7 +488,7 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 	}
 
 	var bu int
-	fh.Remaining, bu, err = packets.DecodeLength(cl.Net.bconn)
+	fh.Remaining, bu, err = packets.DecodeLength(&cl.Net.rbuf)
 	if err != nil {
 		return err
 	}
@@ -501,7 +508,7 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
 	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
+	n, err := io.ReadFull(&cl.Net.rbuf, p)
 	if err != nil {
 		return pk, err
 	}

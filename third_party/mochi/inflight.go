@@ -25,11 +25,10 @@ type Inflight struct {
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
+// COLONY PATCH P18: its maps are made by the first Set, so an idle client
+// that never had a message in flight holds none.
 func NewInflights() *Inflight {
-	return &Inflight{
-		internal: map[uint16]packets.Packet{},
-		order:    map[uint16]uint64{},
-	}
+	return &Inflight{}
 }
 
 // Set adds or updates an inflight packet by packet id.
@@ -37,6 +36,10 @@ func (i *Inflight) Set(m packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
+	if i.internal == nil { // COLONY PATCH P18
+		i.internal = map[uint16]packets.Packet{}
+		i.order = map[uint16]uint64{}
+	}
 	_, ok := i.internal[m.PacketID]
 	i.internal[m.PacketID] = m
 	if !ok { // COLONY PATCH P11: an update (PUBREC -> PUBREL) keeps its place
@@ -68,7 +71,7 @@ func (i *Inflight) Len() int {
 // Clone returns a new instance of Inflight with the same message data.
 // This is used when transferring inflights from a taken-over session.
 func (i *Inflight) Clone() *Inflight {
-	c := NewInflights()
+	c := &Inflight{internal: map[uint16]packets.Packet{}, order: map[uint16]uint64{}}
 	i.RLock()
 	defer i.RUnlock()
 	for k, v := range i.internal {

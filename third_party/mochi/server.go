@@ -420,11 +420,41 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 // attachClient validates an incoming client connection and if viable, attaches the client
 // to the server, performs session housekeeping, and reads incoming packets.
 func (s *Server) attachClient(cl *Client, listener string) error {
-	defer s.Listeners.ClientsWg.Done()
+	return s.attachClientWith(cl, listener, nil)
+}
+
+// attachClientWith is attachClient for a listener that lets the engine
+// choose the goroutines serving the connection (spawn non-nil, see
+// EstablishParkable). COLONY PATCH P16: the CONNECT handling and the reading
+// of what follows are split (connectClient, serveClient), so that the
+// reading can go on, or resume after a park, on a goroutine of its own.
+func (s *Server) attachClientWith(cl *Client, listener string, spawn SpawnFn) error {
 	s.Listeners.ClientsWg.Add(1)
+	connected := false
+	defer func() {
+		if !connected { // serveClient does this once the client is connected
+			cl.Stop(nil) // COLONY PATCH P1: no WriteLoop goroutine; the outbound queue starts its writer on demand
+			s.Listeners.ClientsWg.Done()
+		}
+	}()
 
-	defer cl.Stop(nil) // COLONY PATCH P1: no WriteLoop goroutine; the outbound queue starts its writer on demand
+	if err := s.connectClient(cl, listener); err != nil {
+		return err
+	}
+	connected = true
 
+	if spawn != nil && s.parkingFor(cl, spawn) == nil {
+		// The CONNECT handling grew this goroutine's stack (16 KB), and the
+		// runtime would keep most of it for the life of the connection.
+		spawn(func() error { return s.serveClient(cl, spawn, false) })
+		return ErrParked
+	}
+	return s.serveClient(cl, spawn, false)
+}
+
+// connectClient handles the CONNECT packet: validation, authentication,
+// session, CONNACK. Once it returns nil the client counts as connected.
+func (s *Server) connectClient(cl *Client, listener string) error {
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
 		s.countConnectError(err) // COLONY PATCH P15
@@ -473,7 +503,12 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
+	connected := false
+	defer func() {
+		if !connected { // serveClient counts it down once the client is connected
+			atomic.AddInt64(&s.Info.ClientsConnected, -1)
+		}
+	}()
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
@@ -495,8 +530,29 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
+	connected = true
+	return nil
+}
 
-	err = cl.Read(s.receivePacket)
+// serveClient reads and handles a connected client's packets until the
+// connection ends, then disconnects the client. It returns ErrParked, and
+// leaves the client as it is, when the connection was parked (resumed: it
+// is served again after a park, see readClient).
+func (s *Server) serveClient(cl *Client, spawn SpawnFn, resumed bool) (err error) {
+	defer func() {
+		if err == ErrParked {
+			return
+		}
+		cl.Net.rbuf.reset()
+		atomic.AddInt64(&s.Info.ClientsConnected, -1)
+		cl.Stop(nil)
+		s.Listeners.ClientsWg.Done()
+	}()
+
+	err = s.readClient(cl, spawn, resumed)
+	if err == ErrParked {
+		return err
+	}
 	if err != nil {
 		s.countReadError(cl, err) // COLONY PATCH P15: count, and tell an MQTT 5 client why
 		s.sendLWT(cl)
@@ -504,7 +560,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	} else {
 		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
-	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
+	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
@@ -516,6 +572,67 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	return err
+}
+
+// readClient reads incoming packets and hands them to receivePacket, like
+// Client.Read. A connection the engine may park (parkingFor) is parked when
+// nothing more has arrived, and readClient returns ErrParked. A resumed
+// connection reads at once: it was woken because bytes arrived, its
+// deadline passed or it was closed, and the read says which. After that it
+// waits parkLinger for more before it parks again, so that a client in a
+// conversation (requests and replies, QoS flows, a steady stream) is served
+// as before, without a park and a wake-up per packet; the goroutine that
+// ran CONNECT parks at once, to give back the stack CONNECT grew.
+func (s *Server) readClient(cl *Client, spawn SpawnFn, resumed bool) error {
+	p := s.parkingFor(cl, spawn)
+	var deadline time.Time
+	if resumed && p != nil {
+		if d := p.deadline.Load(); d != 0 {
+			deadline = monoStart.Add(time.Duration(d))
+		}
+	}
+	var fh packets.FixedHeader
+	linger, lingers := false, resumed
+	for {
+		if !resumed {
+			if cl.Closed() {
+				return nil
+			}
+			deadline = cl.refreshDeadline(cl.State.Keepalive)
+		}
+		resumed = false
+
+		if p != nil && cl.Net.rbuf.buffered() == 0 {
+			ready := true
+			if linger {
+				var err error
+				if ready, err = cl.Net.rbuf.readWithin(time.Now().Add(parkLinger), deadline); err != nil {
+					return err
+				}
+			} else {
+				ready = cl.Net.rbuf.readNow(p.rc)
+			}
+			if !ready {
+				cl.Net.rbuf.release()
+				if p.park(deadline) {
+					return ErrParked
+				}
+			}
+		}
+		linger = lingers
+
+		if err := cl.ReadFixedHeader(&fh); err != nil {
+			return err
+		}
+		pk, err := cl.ReadPacket(&fh)
+		if err != nil {
+			return err
+		}
+		if err := s.receivePacket(cl, pk); err != nil {
+			return err
+		}
+		cl.Net.rbuf.release()
+	}
 }
 
 // readConnectionPacket reads the first incoming header for a connection, and if
