@@ -20,11 +20,26 @@ import (
 //     username says;
 //   - username = a device id with password = one of its tokens;
 //   - username = claim:<name> with password = the claim's secret is a
-//     claim connection, which may only call $rpc/device/provision.
+//     claim connection, which may only call $rpc/device/provision;
+//   - a gateway client whose transport vouched for a registered device id
+//     (an MQTT-SN device's DTLS PSK identity or certificate name, see
+//     server.ConnectInfo.Vouched) is that device, without a token.
 //
 // Disabled devices and wrong secrets are refused. Any other username is
-// passed on to the password file.
+// passed on to the password file, and any other vouched name to the ACL
+// file.
 func (m *Module) authenticate(c *server.ConnectInfo) (server.Verdict, server.Identity) {
+	if c.Vouched != "" {
+		r, ok := m.device(c.Vouched)
+		if !ok {
+			return server.Pass, server.Identity{}
+		}
+		if r.Disabled {
+			m.log.Info().Str("device", r.ID).Str("remote", c.Remote).Str("listener", c.Listener).Msg("disabled device refused")
+			return server.Deny, server.Identity{}
+		}
+		return server.Allow, m.deviceIdentity(r.ID)
+	}
 	if len(c.Certificates) > 0 {
 		leaf := c.Certificates[0]
 		if r, ok := m.device(leaf.Subject.CommonName); ok {
