@@ -11,13 +11,24 @@
 // On plain UDP a device has no credentials: it is anonymous, admitted by
 // the listener's address like MQTT clients are (loopback only unless
 // auth.allow_anonymous). Over DTLS the transport authenticates it: the PSK
-// identity (keys from a PSKStore: a Mosquitto-format psk_file by default,
-// the device module's registry later), or the common name of a client
-// certificate signed by client_ca_file, becomes the device's username and
-// user id, and ACL "user" and %u rules apply to it. A DTLS device without
-// a client certificate is anonymous. A wrong PSK shows to the device as a
+// identity, or the common name of a client certificate signed by
+// client_ca_file, becomes the device's username and user id, and ACL
+// "user" and %u rules apply to it. A DTLS device without a client
+// certificate is anonymous. A wrong PSK shows to the device as a
 // handshake that never completes (DTLS drops records it cannot decrypt);
 // the gateway counts it after handshake_timeout.
+//
+// Keys come from a PSKStore: a Mosquitto-format psk_file, or (with
+// mqttsn.psk_from naming a module, e.g. "device") a module's registry
+// through app.PSKSource, with the psk_file asked for identities the
+// module holds no key for; an identity the module refuses (a disabled
+// device) fails the handshake. The identity the transport vouched for
+// also reaches the modules' authenticators at CONNECT
+// (server.ConnectInfo.Vouched): the device module admits a registered
+// device id as that device, bound to dev:<id> and confined to dev/<id>/…
+// instead of the ACL file, and refuses a disabled one
+// (modules/device/README.md, "MQTT-SN devices"). A plain UDP device has
+// no credentials to offer, so no module can vouch for it.
 //
 // # Messages and behaviour
 //
