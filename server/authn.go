@@ -19,7 +19,9 @@ type ConnectInfo struct {
 	ProtocolVersion byte // 3, 4 (3.1.1) or 5
 	// Certificates is the client's certificate chain as presented on the
 	// TLS listener, leaf first. It is set only when the server verified
-	// it against tls.client_ca_file, so the leaf's subject can be trusted.
+	// it against tls.client_ca_file, so the leaf's subject can be trusted;
+	// or, for a gateway's client (Vouched), when the gateway's transport
+	// verified it against its own CA (CertifiedConn).
 	Certificates []*x509.Certificate
 	// Vouched is the identity a protocol gateway's transport has already
 	// authenticated for this connection (Server.ServeConn: an MQTT-SN
@@ -30,6 +32,17 @@ type ConnectInfo struct {
 	// should Pass, and the client is then admitted as the transport
 	// vouched, held to the ACL file with the name as its user.
 	Vouched string
+}
+
+// CertifiedConn is implemented by the connection a protocol gateway
+// hands to Server.ServeConn when its transport verified the client's
+// certificate chain against a CA (the MQTT-SN gateway's DTLS with
+// client_ca_file): authenticators then see the chain in
+// ConnectInfo.Certificates, as for the TLS listener.
+type CertifiedConn interface {
+	// VerifiedCertificates returns the verified chain, leaf first; nil
+	// when the client presented none (e.g. a PSK).
+	VerifiedCertificates() []*x509.Certificate
 }
 
 // Verdict is an Authenticator's answer to a CONNECT.
@@ -140,12 +153,17 @@ func connectInfo(cl *mqtt.Client, pk packets.Packet, vouched string) *ConnectInf
 		Listener: cl.Net.Listener, Remote: cl.Net.Remote, ProtocolVersion: pk.ProtocolVersion,
 		Vouched: vouched,
 	}
-	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
-		st := tc.ConnectionState()
+	switch c := cl.Net.Conn.(type) {
+	case *tls.Conn:
+		st := c.ConnectionState()
 		// VerifiedChains is set only when the chain checked out against
 		// the client CA; a certificate merely presented does not count.
 		if len(st.VerifiedChains) > 0 {
 			info.Certificates = st.PeerCertificates
+		}
+	case CertifiedConn:
+		if vouched != "" {
+			info.Certificates = c.VerifiedCertificates()
 		}
 	}
 	return info

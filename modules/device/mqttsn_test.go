@@ -2,6 +2,9 @@ package device_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -428,5 +431,53 @@ func TestMQTTSNSleepingDeviceCommand(t *testing.T) {
 	o := apptest.Next(t, done)
 	if o.err != nil || o.c.Status != device.CmdDone || string(o.c.Response) != `{"offset":0.4}` {
 		t.Fatalf("command %+v: %v", o.c, o.err)
+	}
+}
+
+// TestMQTTSNDeviceCertificate: over DTLS with a client certificate
+// signed by mqttsn.client_ca_file, the certificate reaches the module as
+// on the TLS listener: its common name is the device, and a pinned
+// fingerprint refuses another certificate with the same name.
+func TestMQTTSNDeviceCertificate(t *testing.T) {
+	p := newPKI(t)
+	n := start(t, snConfig(t, func(c *app.MQTTSNConfig) {
+		c.CertFile, c.KeyFile, c.ClientCAFile = p.srvCert, p.srvKey, p.caFile
+	}), device.Options{})
+	a := admin(t, n, "ops")
+	a.must("create", &device.CreateReq{ID: "sn-c", NoToken: true}, nil)
+	good, _ := p.issue(t, "sn-c", x509.ExtKeyUsageClientAuth)
+	other, _ := p.issue(t, "sn-c", x509.ExtKeyUsageClientAuth)
+	withCert := func(cert tls.Certificate) func(*client.Options) {
+		return func(o *client.Options) {
+			o.DTLS = &client.DTLS{Certificates: []tls.Certificate{cert}, RootCAs: p.pool, ServerName: "127.0.0.1"}
+		}
+	}
+
+	dev, err := snTry(t, n, "", nil, "sn-c", withCert(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	boundTo(t, n, "sn-c", "dev:sn-c")
+	if err := dev.Publish(apptest.Ctx(t), "dev/sn-d/telemetry", 1, false, []byte(`{"t":1}`)); !errors.Is(err, client.ErrRejected) {
+		t.Fatalf("another device's topic: %v", err)
+	}
+
+	sum := sha256.Sum256(good.Certificate[0])
+	fp := hex.EncodeToString(sum[:])
+	a.must("update", &device.UpdateReq{ID: "sn-c", CertFingerprint: &fp}, nil)
+	c, err := snTry(t, n, "", nil, "sn-c-other", withCert(other))
+	if c == nil {
+		t.Fatalf("handshake with a certificate of the CA failed: %v", err)
+	}
+	if !errors.Is(err, client.ErrRejected) {
+		t.Fatalf("unpinned certificate at CONNECT: %v, want rejected", err)
+	}
+	// Nor may it resume the open session of the pinned certificate.
+	_, err = snTry(t, n, "", nil, "sn-c", withCert(other), func(o *client.Options) { o.CleanSession = false })
+	if !errors.Is(err, client.ErrRejected) {
+		t.Fatalf("unpinned certificate resuming the device's session: %v, want rejected", err)
+	}
+	if _, err := snTry(t, n, "", nil, "sn-c-again", withCert(good)); err != nil {
+		t.Fatalf("pinned certificate: %v", err)
 	}
 }

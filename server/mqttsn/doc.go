@@ -24,7 +24,9 @@
 // module holds no key for; an identity the module refuses (a disabled
 // device) fails the handshake. The identity the transport vouched for
 // also reaches the modules' authenticators at CONNECT
-// (server.ConnectInfo.Vouched): the device module admits a registered
+// (server.ConnectInfo.Vouched), with the verified client certificate
+// chain when there is one (server.CertifiedConn, so a module can check a
+// pinned fingerprint): the device module admits a registered
 // device id as that device, bound to dev:<id> and confined to dev/<id>/…
 // instead of the ACL file, and refuses a disabled one
 // (modules/device/README.md, "MQTT-SN devices"). A plain UDP device has
