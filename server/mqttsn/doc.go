@@ -50,9 +50,11 @@
 //     "rejected: congestion" when the broker is at max_connections, or
 //     "rejected: not supported" when authentication refuses the device. A
 //     CONNECT without CleanSession for a session still open (active or
-//     asleep, from any address of the same listener and identity) resumes
+//     asleep, from any address of the same listener and identity, and
+//     with the same client certificate if the session used one) resumes
 //     it: subscriptions, topic ids and buffered messages stay, the will is
-//     set afresh. With CleanSession, or when no session is open, the broker
+//     set afresh; a CONNECT from another principal replaces the session
+//     and is authenticated afresh. With CleanSession, or when no session is open, the broker
 //     session starts clean, or (without CleanSession) resumes the broker's
 //     persistent session: subscriptions and the QoS 1/2 messages queued
 //     while the device was away. Topic ids do not outlive the gateway
@@ -104,7 +106,7 @@
 //     QoS 0 up to `queue`). A device silent for 1.5 × the sleep duration is
 //     lost (will published).
 //   - PINGREQ with the client id, from a sleeping device (from any address
-//     of the same listener and identity): it is awake; the buffered
+//     of the same listener, identity and certificate): it is awake; the buffered
 //     messages are sent, then PINGRESP, and it sleeps again. CONNECT ends
 //     the sleep.
 //   - WILLTOPICUPD, WILLMSGUPD: replace the will topic (empty: delete the
