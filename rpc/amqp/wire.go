@@ -139,6 +139,9 @@ func parseExpiration(s string) (time.Duration, bool) {
 	if err != nil || ms < 0 {
 		return 0, false
 	}
+	if ms > math.MaxInt64/int64(time.Millisecond) { // beyond 292 years: as good as none
+		return math.MaxInt64, true
+	}
 	return time.Duration(ms) * time.Millisecond, true
 }
 
