@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/colonymq/colony/server"
 )
 
 // errCongested is returned by push when the engine has not yet read what a
@@ -41,14 +39,14 @@ type engineConn struct {
 	out      []byte // bytes written by the engine that do not yet make a packet
 	onPacket func(packets.Packet)
 	remote   net.Addr
-	certs    []*x509.Certificate // the device's verified certificate chain (server.CertifiedConn)
+	certs    []*x509.Certificate // the device's verified certificate chain
 }
-
-var _ server.CertifiedConn = (*engineConn)(nil)
 
 // VerifiedCertificates returns the client certificate chain the DTLS
 // handshake verified, so that authenticators can check it (a device
-// module's pinned fingerprint); nil for PSK and plain UDP devices.
+// module's pinned fingerprint); nil for PSK and plain UDP devices. It
+// makes the connection a server.CertifiedConn (not asserted here: the
+// gateway needs nothing else of package server).
 func (c *engineConn) VerifiedCertificates() []*x509.Certificate { return c.certs }
 
 func newEngineConn(remote net.Addr, onPacket func(packets.Packet)) *engineConn {
