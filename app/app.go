@@ -234,7 +234,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 	}
 	undo = append(undo, a.srv.Shutdown)
 
-	if a.sn, err = a.startMQTTSN(); err != nil {
+	if a.sn, err = a.startMQTTSN(mods); err != nil {
 		return a.listenError(err)
 	}
 	if a.sn != nil {
@@ -337,8 +337,9 @@ func (a *App) serverOptions() server.Options {
 	return o
 }
 
-// startMQTTSN starts the MQTT-SN gateway when a listener of it is on.
-func (a *App) startMQTTSN() (*mqttsn.Gateway, error) {
+// startMQTTSN starts the MQTT-SN gateway when a listener of it is on;
+// mods are the enabled modules, one of which may serve the PSKs.
+func (a *App) startMQTTSN(mods []Module) (*mqttsn.Gateway, error) {
 	c := a.cfg.MQTTSN
 	if c.Listen == Off && c.DTLSListen == Off {
 		return nil, nil
@@ -363,12 +364,20 @@ func (a *App) startMQTTSN() (*mqttsn.Gateway, error) {
 			o.Predefined[uint16(n)] = name
 		}
 	}
+	var file *mqttsn.PSKFile
 	if c.PSKFile != "" {
-		psk, err := mqttsn.LoadPSKFile(c.PSKFile)
-		if err != nil {
+		var err error
+		if file, err = mqttsn.LoadPSKFile(c.PSKFile); err != nil {
 			return nil, fmt.Errorf("mqttsn.psk_file: %w", err)
 		}
-		o.PSK = psk
+		o.PSK = file
+	}
+	if c.PSKFrom != "" {
+		src, err := pskSource(mods, c.PSKFrom)
+		if err != nil {
+			return nil, err
+		}
+		o.PSK = modulePSK(src, file)
 	}
 	g, err := mqttsn.New(a.srv, o)
 	if err != nil {

@@ -156,6 +156,10 @@ type MQTTSNConfig struct {
 	CertFile     string            `toml:"cert_file"`      // DTLS certificate (PEM); default none
 	KeyFile      string            `toml:"key_file"`       // its key; default none
 	ClientCAFile string            `toml:"client_ca_file"` // verify device certificates; their common name is the user; default none
+	// PSKFrom names an enabled module that serves the DTLS PSKs of its
+	// devices (PSKSource), e.g. "device": its registry is asked first and
+	// psk_file only for identities it holds no key for; default "" (psk_file alone).
+	PSKFrom string `toml:"psk_from"`
 	// RetryInterval is Tretry, how long the gateway waits for a device's answer; default "10s".
 	RetryInterval Duration `toml:"retry_interval"`
 	MaxRetries    int      `toml:"max_retries"` // Nretry, sends before a silent device is lost; default 4
@@ -440,6 +444,9 @@ func (c *Config) Validate(known []string) error {
 		if n, err := strconv.ParseUint(id, 10, 16); err != nil || n == 0 || n == 0xFFFF {
 			bad("mqttsn.predefined", "%q is not a topic id from 1 to 65534", id)
 		}
+	}
+	if m := c.MQTTSN.PSKFrom; m != "" && !slices.Contains(known, m) {
+		bad("mqttsn.psk_from", "unknown module %q (this binary has %s)", m, strings.Join(known, ", "))
 	}
 	for m := range c.RPC.Modules {
 		if !slices.Contains(known, m) {

@@ -32,7 +32,10 @@ type gatewayConns struct {
 // authenticated, such as a DTLS PSK identity or a client certificate's
 // name. The CONNECT on conn must then carry it as its username: the
 // password file is not consulted, and the identity becomes the
-// connection's user id, as a checked username does. With an empty
+// connection's user id, as a checked username does. Authenticators
+// (AddAuthenticator) see it as ConnectInfo.Vouched and may still admit
+// it with an identity of their own (its user id and confinement) or
+// refuse it. With an empty
 // identity the CONNECT is authenticated like any other, and anonymous
 // clients are admitted by the rule of the listener's address (see
 // Options.Gateways).

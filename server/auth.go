@@ -351,13 +351,21 @@ func (h *authHook) Provides(b byte) bool {
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	user := string(pk.Connect.Username)
 	// A gateway's transport (DTLS) has already authenticated the device:
-	// module authenticators judge credentials, which such a client has none of.
+	// the CONNECT must name it, and the password file has nothing to add.
+	// Module authenticators still see it (ConnectInfo.Vouched), so a
+	// module that knows the name can confine it or refuse it.
 	if h.vouched != nil {
 		if id, ok := h.vouched(cl); ok {
-			return user == id
+			if user != id {
+				return false
+			}
+			if ok, decided := h.authenticate(cl, pk, id); decided {
+				return ok
+			}
+			return true
 		}
 	}
-	if ok, decided := h.authenticate(cl, pk); decided {
+	if ok, decided := h.authenticate(cl, pk, ""); decided {
 		return ok
 	}
 	if user == "" && !pk.Connect.PasswordFlag {

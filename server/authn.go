@@ -19,8 +19,30 @@ type ConnectInfo struct {
 	ProtocolVersion byte // 3, 4 (3.1.1) or 5
 	// Certificates is the client's certificate chain as presented on the
 	// TLS listener, leaf first. It is set only when the server verified
-	// it against tls.client_ca_file, so the leaf's subject can be trusted.
+	// it against tls.client_ca_file, so the leaf's subject can be trusted;
+	// or, for a gateway's client (Vouched), when the gateway's transport
+	// verified it against its own CA (CertifiedConn).
 	Certificates []*x509.Certificate
+	// Vouched is the identity a protocol gateway's transport has already
+	// authenticated for this connection (Server.ServeConn: an MQTT-SN
+	// device's DTLS PSK identity or certificate name); empty for every
+	// other client. Username equals it and there is no password. An
+	// authenticator that knows the name may Allow it without credentials
+	// (to confine it and choose its user id) or Deny it; one that does not
+	// should Pass, and the client is then admitted as the transport
+	// vouched, held to the ACL file with the name as its user.
+	Vouched string
+}
+
+// CertifiedConn is implemented by the connection a protocol gateway
+// hands to Server.ServeConn when its transport verified the client's
+// certificate chain against a CA (the MQTT-SN gateway's DTLS with
+// client_ca_file): authenticators then see the chain in
+// ConnectInfo.Certificates, as for the TLS listener.
+type CertifiedConn interface {
+	// VerifiedCertificates returns the verified chain, leaf first; nil
+	// when the client presented none (e.g. a PSK).
+	VerifiedCertificates() []*x509.Certificate
 }
 
 // Verdict is an Authenticator's answer to a CONNECT.
@@ -59,7 +81,9 @@ type Identity struct {
 // one with Server.AddAuthenticator.
 //
 // Authenticate runs on the connecting client's goroutine, during CONNECT
-// and before the password file is consulted; authenticators are asked in
+// and before the password file is consulted (for a gateway's client
+// whose transport vouched for it, see ConnectInfo.Vouched, instead of
+// admitting it outright); authenticators are asked in
 // the order they were added until one answers Allow or Deny. It may read
 // a store but should not take long, since the client waits, and it must
 // be safe for concurrent use.
@@ -121,30 +145,37 @@ func (ids *identities) forget(cl *mqtt.Client) {
 	}
 }
 
-// connectInfo gathers what authenticators see of a CONNECT.
-func connectInfo(cl *mqtt.Client, pk packets.Packet) *ConnectInfo {
+// connectInfo gathers what authenticators see of a CONNECT; vouched is
+// the identity a gateway's transport authenticated, if any.
+func connectInfo(cl *mqtt.Client, pk packets.Packet, vouched string) *ConnectInfo {
 	info := &ConnectInfo{
 		ClientID: cl.ID, Username: string(pk.Connect.Username), Password: pk.Connect.Password,
 		Listener: cl.Net.Listener, Remote: cl.Net.Remote, ProtocolVersion: pk.ProtocolVersion,
+		Vouched: vouched,
 	}
-	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
-		st := tc.ConnectionState()
+	switch c := cl.Net.Conn.(type) {
+	case *tls.Conn:
+		st := c.ConnectionState()
 		// VerifiedChains is set only when the chain checked out against
 		// the client CA; a certificate merely presented does not count.
 		if len(st.VerifiedChains) > 0 {
 			info.Certificates = st.PeerCertificates
+		}
+	case CertifiedConn:
+		if vouched != "" {
+			info.Certificates = c.VerifiedCertificates()
 		}
 	}
 	return info
 }
 
 // authenticate asks the authenticators; decided is false when all passed.
-func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) (ok, decided bool) {
+func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet, vouched string) (ok, decided bool) {
 	as := h.authns.Load()
 	if as == nil || len(*as) == 0 {
 		return false, false
 	}
-	info := connectInfo(cl, pk)
+	info := connectInfo(cl, pk, vouched)
 	for _, a := range *as {
 		switch v, id := a.Authenticate(info); v {
 		case Allow:

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 
@@ -14,8 +15,9 @@ import (
 	"github.com/colonymq/colony/server"
 )
 
-// gadgets is a module that admits "gadget-*" clients by its own secret,
-// confines them to gadget/<name>/#, and refuses the name "blocked".
+// gadgets is a module that admits "gadget-*" clients by its own secret
+// (or a gateway transport's word), confines them to gadget/<name>/#, and
+// refuses the name "blocked".
 type gadgets struct{ app.Base }
 
 func (*gadgets) ID() string { return "gadgets" }
@@ -28,7 +30,8 @@ func (*gadgets) Init(_ context.Context, h *app.Host) error {
 			return server.Deny, server.Identity{}
 		case !ok:
 			return server.Pass, server.Identity{}
-		case string(c.Password) != "open-"+name:
+		case c.Vouched == "" && string(c.Password) != "open-"+name:
+			// A gateway's transport that vouched for the name replaces the secret.
 			return server.Deny, server.Identity{}
 		}
 		own := "gadget/" + name + "/"
@@ -97,4 +100,87 @@ func TestAuthenticatorExtension(t *testing.T) {
 		}
 	}
 	apptest.V3(t, url, "alice-1", withCreds("alice", "wonderland"))
+}
+
+// gatewayClient connects an MQTT 5 client through Server.ServeConn, as a
+// protocol gateway's device whose transport vouched for identity.
+func gatewayClient(t *testing.T, s *server.Server, identity string, cp *paho.Connect) (*paho.Client, *paho.Connack, error) {
+	t.Helper()
+	dev, gw := net.Pipe()
+	served := make(chan error, 1)
+	go func() { served <- s.ServeConn("test-gw", gw, identity) }()
+	c := paho.NewClient(paho.ClientConfig{Conn: dev})
+	t.Cleanup(func() {
+		if err := dev.Close(); err != nil {
+			t.Logf("close %s: %v", cp.ClientID, err)
+		}
+		<-served // its error says how the connection ended, which the test checked already
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), apptest.Wait)
+	defer cancel()
+	ack, err := c.Connect(ctx, cp)
+	return c, ack, err
+}
+
+// TestAuthenticatorVouched: authenticators see the identity a gateway's
+// transport vouched for (ConnectInfo.Vouched) and may confine it, refuse
+// it or pass it on to the ACL file; the CONNECT must name it.
+func TestAuthenticatorVouched(t *testing.T) {
+	a := apptest.Run(t, authConfig(t), &gadgets{})
+	s := a.Server()
+	connect := func(id, user string) *paho.Connect {
+		return &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30, Username: user, UsernameFlag: user != ""}
+	}
+	publish := func(c *paho.Client, topic string) byte {
+		t.Helper()
+		res, err := c.Publish(apptest.Ctx(t), &paho.Publish{Topic: topic, QoS: 1, Payload: []byte("x")})
+		if res == nil {
+			t.Fatalf("publish %s: %v", topic, err)
+		}
+		return res.ReasonCode
+	}
+
+	// Allowed by the module without a secret: its user id and confinement.
+	g, _, err := gatewayClient(t, s, "gadget-three", connect("vg3", "gadget-three"))
+	if err != nil {
+		t.Fatalf("vouched gadget: %v", err)
+	}
+	apptest.Eventually(t, func() error {
+		if u, _ := s.UserOf("vg3"); u != "gadget:three" {
+			return fmt.Errorf("vg3 bound to %q", u)
+		}
+		return nil
+	})
+	if rc := publish(g, "gadget/three/t"); rc != 0 {
+		t.Fatalf("publish to its own topic: %#x", rc)
+	}
+	if rc := publish(g, "gadget/one/t"); rc != 0x87 {
+		t.Fatalf("publish to another gadget's topic: %#x, want 0x87", rc)
+	}
+
+	// Passed by the module: admitted as vouched, held to the ACL file.
+	b, _, err := gatewayClient(t, s, "bob", connect("vbob", "bob"))
+	if err != nil {
+		t.Fatalf("vouched bob: %v", err)
+	}
+	apptest.Eventually(t, func() error { // bound once the session is established, just after CONNACK
+		if u, _ := s.UserOf("vbob"); u != "bob" {
+			return fmt.Errorf("vbob bound to %q", u)
+		}
+		return nil
+	})
+	if rc := publish(b, "chat/x"); rc != 0 {
+		t.Fatalf("bob publishing by the ACL file: %#x", rc)
+	}
+	if rc := publish(b, "gadget/three/t"); rc != 0x87 {
+		t.Fatalf("bob publishing outside the ACL file: %#x, want 0x87", rc)
+	}
+
+	// Denied by the module, or a CONNECT naming someone else: refused.
+	for _, c := range []struct{ identity, user string }{{"blocked", "blocked"}, {"gadget-three", "gadget-one"}, {"carol", ""}} {
+		_, ack, err := gatewayClient(t, s, c.identity, connect("v-"+c.identity+"-"+c.user, c.user))
+		if err == nil || ack == nil || ack.ReasonCode != 0x86 {
+			t.Fatalf("vouched %q as %q: %v %+v, want CONNACK 0x86", c.identity, c.user, err, ack)
+		}
+	}
 }

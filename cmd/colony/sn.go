@@ -129,6 +129,12 @@ func snCmd(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		if err := c.Publish(dctx, *topic, packet.QoS(*qos), *retain, []byte(*msg)); err != nil {
+			if *qos != -1 {
+				// End the session now rather than leave it to the keep-alive.
+				if derr := c.Disconnect(dctx); derr != nil {
+					err = errors.Join(err, derr)
+				}
+			}
 			return err
 		}
 		if *qos != -1 {

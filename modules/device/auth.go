@@ -14,16 +14,21 @@ import (
 
 // authenticate admits devices and claim connections (server.Authenticator):
 //
-//   - a client certificate verified against tls.client_ca_file whose
-//     common name is a registered device id (and, when the device pins
-//     one, whose fingerprint matches) is that device, whatever the
-//     username says;
+//   - a client certificate verified against tls.client_ca_file (or the
+//     MQTT-SN gateway's client_ca_file) whose common name is a
+//     registered device id (and, when the device pins one, whose
+//     fingerprint matches) is that device, whatever the username says;
 //   - username = a device id with password = one of its tokens;
 //   - username = claim:<name> with password = the claim's secret is a
-//     claim connection, which may only call $rpc/device/provision.
+//     claim connection, which may only call $rpc/device/provision;
+//   - a gateway client whose transport vouched for a registered device id
+//     (an MQTT-SN device's DTLS PSK identity, see
+//     server.ConnectInfo.Vouched) is that device, without a token; one
+//     vouched for by a DTLS certificate is judged as a TLS certificate is.
 //
 // Disabled devices and wrong secrets are refused. Any other username is
-// passed on to the password file.
+// passed on to the password file, and any other vouched name to the ACL
+// file.
 func (m *Module) authenticate(c *server.ConnectInfo) (server.Verdict, server.Identity) {
 	if len(c.Certificates) > 0 {
 		leaf := c.Certificates[0]
@@ -35,6 +40,17 @@ func (m *Module) authenticate(c *server.ConnectInfo) (server.Verdict, server.Ide
 			}
 			return server.Allow, m.deviceIdentity(r.ID)
 		}
+	}
+	if c.Vouched != "" {
+		r, ok := m.device(c.Vouched)
+		if !ok {
+			return server.Pass, server.Identity{}
+		}
+		if r.Disabled {
+			m.log.Info().Str("device", r.ID).Str("remote", c.Remote).Str("listener", c.Listener).Msg("disabled device refused")
+			return server.Deny, server.Identity{}
+		}
+		return server.Allow, m.deviceIdentity(r.ID)
 	}
 	if name, ok := strings.CutPrefix(c.Username, claimUser); ok {
 		m.mu.RLock()

@@ -96,6 +96,7 @@ type counters struct {
 var (
 	_ app.Module       = (*Module)(nil)
 	_ app.Configurable = (*Module)(nil)
+	_ app.PSKSource    = (*Module)(nil)
 )
 
 // New returns the module with opts, defaults applied. It has no side

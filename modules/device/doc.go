@@ -21,7 +21,12 @@
 // uses username claim:<name> and the claim's secret. Admitted devices are
 // bound to user id "dev:<id>" and confined to dev/<id>/… by their
 // server.Identity, whatever the ACL file says; other clients are held to
-// the ACL file as usual. LookupPSK has the shape of a DTLS PSK callback.
+// the ACL file as usual.
+//
+// MQTT-SN devices authenticate to the node's gateway over DTLS with a PSK
+// from the registry: the module is an app.PSKSource (LookupPSK), wired by
+// mqttsn.psk_from = "device", and its authenticator admits the identity
+// the transport vouched for (server.ConnectInfo.Vouched) as that device.
 //
 // # Storage and clusters
 //

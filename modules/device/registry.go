@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/rpc"
 )
 
@@ -507,18 +508,20 @@ func (m *Module) newPSK(ctx context.Context, req *IDReq) (*PSK, error) {
 }
 
 // LookupPSK returns the pre-shared key of the device whose id is
-// identity, for a DTLS server's PSK callback (the MQTT-SN gateway). It
-// fails for unknown and disabled devices and for devices without a PSK
-// (make one with the psk handler or `colony device psk`).
+// identity, for the MQTT-SN gateway's DTLS handshakes (app.PSKSource,
+// wired by mqttsn.psk_from = "device"). It fails for disabled devices
+// (ErrDisabled), and for unknown devices and devices without a PSK (make
+// one with the psk handler or `colony device psk`) with ErrNotFound and
+// app.ErrNoPSK, which lets the gateway ask its psk_file next.
 func (m *Module) LookupPSK(identity string) ([]byte, error) {
 	r, ok := m.device(identity)
 	switch {
 	case !ok:
-		return nil, fmt.Errorf("psk identity %q: %w", identity, ErrNotFound)
+		return nil, fmt.Errorf("psk identity %q: %w: %w", identity, ErrNotFound, app.ErrNoPSK)
 	case r.Disabled:
 		return nil, fmt.Errorf("psk identity %q: %w", identity, ErrDisabled)
 	case len(r.PSKKey) == 0:
-		return nil, fmt.Errorf("psk identity %q: no psk: %w", identity, ErrNotFound)
+		return nil, fmt.Errorf("psk identity %q: device has no psk: %w: %w", identity, ErrNotFound, app.ErrNoPSK)
 	}
 	return slices.Clone(r.PSKKey), nil
 }

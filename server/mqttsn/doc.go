@@ -11,13 +11,26 @@
 // On plain UDP a device has no credentials: it is anonymous, admitted by
 // the listener's address like MQTT clients are (loopback only unless
 // auth.allow_anonymous). Over DTLS the transport authenticates it: the PSK
-// identity (keys from a PSKStore: a Mosquitto-format psk_file by default,
-// the device module's registry later), or the common name of a client
-// certificate signed by client_ca_file, becomes the device's username and
-// user id, and ACL "user" and %u rules apply to it. A DTLS device without
-// a client certificate is anonymous. A wrong PSK shows to the device as a
+// identity, or the common name of a client certificate signed by
+// client_ca_file, becomes the device's username and user id, and ACL
+// "user" and %u rules apply to it. A DTLS device without a client
+// certificate is anonymous. A wrong PSK shows to the device as a
 // handshake that never completes (DTLS drops records it cannot decrypt);
 // the gateway counts it after handshake_timeout.
+//
+// Keys come from a PSKStore: a Mosquitto-format psk_file, or (with
+// mqttsn.psk_from naming a module, e.g. "device") a module's registry
+// through app.PSKSource, with the psk_file asked for identities the
+// module holds no key for; an identity the module refuses (a disabled
+// device) fails the handshake. The identity the transport vouched for
+// also reaches the modules' authenticators at CONNECT
+// (server.ConnectInfo.Vouched), with the verified client certificate
+// chain when there is one (server.CertifiedConn, so a module can check a
+// pinned fingerprint): the device module admits a registered
+// device id as that device, bound to dev:<id> and confined to dev/<id>/…
+// instead of the ACL file, and refuses a disabled one
+// (modules/device/README.md, "MQTT-SN devices"). A plain UDP device has
+// no credentials to offer, so no module can vouch for it.
 //
 // # Messages and behaviour
 //
@@ -37,9 +50,11 @@
 //     "rejected: congestion" when the broker is at max_connections, or
 //     "rejected: not supported" when authentication refuses the device. A
 //     CONNECT without CleanSession for a session still open (active or
-//     asleep, from any address of the same listener and identity) resumes
+//     asleep, from any address of the same listener and identity, and
+//     with the same client certificate if the session used one) resumes
 //     it: subscriptions, topic ids and buffered messages stay, the will is
-//     set afresh. With CleanSession, or when no session is open, the broker
+//     set afresh; a CONNECT from another principal replaces the session
+//     and is authenticated afresh. With CleanSession, or when no session is open, the broker
 //     session starts clean, or (without CleanSession) resumes the broker's
 //     persistent session: subscriptions and the QoS 1/2 messages queued
 //     while the device was away. Topic ids do not outlive the gateway
@@ -91,7 +106,7 @@
 //     QoS 0 up to `queue`). A device silent for 1.5 × the sleep duration is
 //     lost (will published).
 //   - PINGREQ with the client id, from a sleeping device (from any address
-//     of the same listener and identity): it is awake; the buffered
+//     of the same listener, identity and certificate): it is awake; the buffered
 //     messages are sent, then PINGRESP, and it sleeps again. CONNECT ends
 //     the sleep.
 //   - WILLTOPICUPD, WILLMSGUPD: replace the will topic (empty: delete the

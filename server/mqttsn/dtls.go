@@ -16,20 +16,22 @@ import (
 
 // dtlsPeer is one DTLS association: one device.
 type dtlsPeer struct {
-	c    *dtls.Conn
-	id   string
-	k    string
-	once sync.Once
+	c     *dtls.Conn
+	id    string
+	certs []*x509.Certificate // verified client chain; nil with PSK
+	k     string
+	once  sync.Once
 }
 
 func (p *dtlsPeer) send(b []byte) error {
 	_, err := p.c.Write(b)
 	return err
 }
-func (p *dtlsPeer) key() string      { return p.k }
-func (p *dtlsPeer) listener() string { return ListenerDTLS }
-func (p *dtlsPeer) identity() string { return p.id }
-func (p *dtlsPeer) addr() net.Addr   { return p.c.RemoteAddr() }
+func (p *dtlsPeer) key() string                       { return p.k }
+func (p *dtlsPeer) listener() string                  { return ListenerDTLS }
+func (p *dtlsPeer) identity() string                  { return p.id }
+func (p *dtlsPeer) certificates() []*x509.Certificate { return p.certs }
+func (p *dtlsPeer) addr() net.Addr                    { return p.c.RemoteAddr() }
 func (p *dtlsPeer) close() {
 	p.once.Do(func() { closeQuietly(p.c) })
 }
@@ -142,8 +144,18 @@ func (g *Gateway) serveDTLS(c *dtls.Conn) {
 		case len(st.IdentityHint) > 0:
 			p.id = string(st.IdentityHint)
 		case len(st.PeerCertificates) > 0:
-			if cert, err := x509.ParseCertificate(st.PeerCertificates[0]); err == nil {
-				p.id = cert.Subject.CommonName
+			// The handshake verified the chain against client_ca_file
+			// (VerifyClientCertIfGiven), so it names the device.
+			for _, der := range st.PeerCertificates {
+				cert, err := x509.ParseCertificate(der)
+				if err != nil {
+					p.certs = nil
+					break
+				}
+				p.certs = append(p.certs, cert)
+			}
+			if len(p.certs) > 0 {
+				p.id = p.certs[0].Subject.CommonName
 			}
 		}
 	}

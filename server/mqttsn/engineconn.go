@@ -2,6 +2,7 @@ package mqttsn
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +39,15 @@ type engineConn struct {
 	out      []byte // bytes written by the engine that do not yet make a packet
 	onPacket func(packets.Packet)
 	remote   net.Addr
+	certs    []*x509.Certificate // the device's verified certificate chain
 }
+
+// VerifiedCertificates returns the client certificate chain the DTLS
+// handshake verified, so that authenticators can check it (a device
+// module's pinned fingerprint); nil for PSK and plain UDP devices. It
+// makes the connection a server.CertifiedConn (not asserted here: the
+// gateway needs nothing else of package server).
+func (c *engineConn) VerifiedCertificates() []*x509.Certificate { return c.certs }
 
 func newEngineConn(remote net.Addr, onPacket func(packets.Packet)) *engineConn {
 	c := &engineConn{onPacket: onPacket, remote: remote}

@@ -3,6 +3,7 @@ package mqttsn
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -220,6 +221,9 @@ type peer interface {
 	key() string      // unique per transport address
 	listener() string // ListenerUDP or ListenerDTLS
 	identity() string // authenticated by the transport; "" on plain UDP
+	// certificates is the client certificate chain the transport
+	// verified against client_ca_file, leaf first; nil for PSK and UDP.
+	certificates() []*x509.Certificate
 	addr() net.Addr
 }
 
@@ -232,10 +236,11 @@ func (p udpPeer) send(b []byte) error {
 	_, err := p.g.udp.WriteToUDPAddrPort(b, p.a)
 	return err
 }
-func (p udpPeer) key() string      { return "u" + p.a.String() }
-func (p udpPeer) listener() string { return ListenerUDP }
-func (p udpPeer) identity() string { return "" }
-func (p udpPeer) addr() net.Addr   { return net.UDPAddrFromAddrPort(p.a) }
+func (p udpPeer) key() string                     { return "u" + p.a.String() }
+func (p udpPeer) listener() string                { return ListenerUDP }
+func (p udpPeer) identity() string                { return "" }
+func (udpPeer) certificates() []*x509.Certificate { return nil }
+func (p udpPeer) addr() net.Addr                  { return net.UDPAddrFromAddrPort(p.a) }
 
 func (g *Gateway) readUDP() {
 	defer g.wg.Done()

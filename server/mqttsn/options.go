@@ -110,7 +110,7 @@ func (o *Options) validate() error {
 		}
 	}
 	if on(o.DTLSListen) && o.PSK == nil && (o.CertFile == "" || o.KeyFile == "") {
-		bad("dtls_listen needs a psk_file or cert_file and key_file")
+		bad("dtls_listen needs PSKs (psk_file, psk_from) or cert_file and key_file")
 	}
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		bad("cert_file and key_file go together")

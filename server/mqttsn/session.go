@@ -1,6 +1,7 @@
 package mqttsn
 
 import (
+	"bytes"
 	"strings"
 	"sync"
 	"time"
@@ -120,6 +121,7 @@ type session struct {
 	peer     peer // nil for an anonymous QoS -1 publisher
 	lst      string
 	ident    string
+	cert     []byte // the DER of the device's certificate, if it used one
 	clientID string
 	clean    bool
 	state    state
@@ -153,17 +155,27 @@ func newSession(g *Gateway, p peer, c *packet.Connect) *session {
 	s := &session{g: g, peer: p, clientID: c.ClientID, clean: c.Flags.CleanSession,
 		keepAlive: time.Duration(c.Duration) * time.Second, lastSeen: time.Now()}
 	if p != nil {
-		s.lst, s.ident = p.listener(), p.identity()
+		s.lst, s.ident, s.cert = p.listener(), p.identity(), leaf(p)
 	}
 	return s
+}
+
+// leaf returns the DER of the certificate p's transport verified, if any.
+func leaf(p peer) []byte {
+	if cs := p.certificates(); len(cs) > 0 {
+		return cs[0].Raw
+	}
+	return nil
 }
 
 func (s *session) send(p packet.Packet) { s.g.send(s.peer, p) }
 
 // samePrincipal reports whether from may act for this session: the same
-// listener and the same authenticated identity.
+// listener and the same authenticated identity, by the same certificate
+// when it used one (another certificate with the same name must pass the
+// broker's authentication afresh, which may pin the certificate).
 func (s *session) samePrincipal(from peer) bool {
-	return from.listener() == s.lst && from.identity() == s.ident
+	return from.listener() == s.lst && from.identity() == s.ident && bytes.Equal(leaf(from), s.cert)
 }
 
 // start begins a new session: the will flow or straight to the broker.
@@ -246,6 +258,9 @@ func (s *session) connectEngine() {
 	}
 	var conn *engineConn
 	conn = newEngineConn(remote, func(pk packets.Packet) { s.onEngine(conn, pk) })
+	if s.peer != nil {
+		conn.certs = s.peer.certificates()
+	}
 	s.eng = conn
 	ka := uint16(s.keepAlive / time.Second)
 	if ka <= 5 {
