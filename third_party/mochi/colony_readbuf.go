@@ -100,16 +100,23 @@ func (rb *readBuf) fill() error {
 	if rb.r == rb.w {
 		rb.r, rb.w = 0, 0
 	}
-	n, err := rb.conn.Read(b[rb.w:])
-	rb.w += n
-	if n > 0 {
-		return nil // an error comes back from the next read
+	// Some connections return no bytes and no error now and then (net.Pipe
+	// does for a zero-length write): try again, as bufio.Reader does.
+	for i := 0; i < maxEmptyReads; i++ {
+		n, err := rb.conn.Read(b[rb.w:])
+		rb.w += n
+		if n > 0 {
+			return nil // an error comes back from the next read
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if err == nil {
-		err = io.ErrNoProgress
-	}
-	return err
+	return io.ErrNoProgress
 }
+
+// maxEmptyReads is how many reads in a row may return nothing, as in bufio.
+const maxEmptyReads = 100
 
 // firstByte returns the first byte of a packet. With nothing buffered and
 // no buffer held it waits for the byte on the connection itself, so a reader
