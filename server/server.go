@@ -430,6 +430,7 @@ type Stats struct {
 	RPCInFlight    int64 // requests executing now
 	UsersBound     int64 // connections bound to a user id
 	PushesDropped  int64 // pushes that found no connection
+	PushesRefused  int64 // QoS 1 pushes refused by a client's full queue (ErrSlowClient)
 	RepliesDropped int64 // replies that could not be sent
 	Limits         LimitStats
 }
@@ -463,7 +464,7 @@ func (s *Server) Stats() Stats {
 		PublishesThrottled: r.PublishesThrottled.Load(),
 	}
 	st.RPCRequests, st.RPCErrors, st.RPCInFlight, st.RepliesDropped = s.gateway.stats()
-	st.UsersBound, st.PushesDropped = s.sessions.stats()
+	st.UsersBound, st.PushesDropped, st.PushesRefused = s.sessions.stats()
 	return st
 }
 
