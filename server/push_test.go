@@ -98,12 +98,9 @@ func TestPushNeverWaitsForAStalledClient(t *testing.T) {
 					got <- int(binary.BigEndian.Uint32(m.Payload()))
 				})
 			})
-			if err := srv.BindUser("stuck", "sam"); err != nil {
-				t.Fatal(err)
-			}
-			if err := srv.BindUser("fine", "fay"); err != nil {
-				t.Fatal(err)
-			}
+			// The server registers a connection just after its CONNACK.
+			apptest.Eventually(t, func() error { return srv.BindUser("stuck", "sam") })
+			apptest.Eventually(t, func() error { return srv.BindUser("fine", "fay") })
 
 			others := 0
 			accepted, refused := pushUntilRefused(t, 50, 5000, func(seq int) error {
@@ -162,10 +159,16 @@ func TestPushStalledSessionGetsItsQoS1(t *testing.T) {
 	cfg.Limits.SlowClientTimeout = app.Duration(200 * time.Millisecond)
 	a := apptest.Run(t, cfg)
 	srv := a.Server()
-	gone := make(chan struct{})
-	var goneOnce sync.Once
+	connected, gone := make(chan struct{}), make(chan struct{})
+	var connectedOnce, goneOnce sync.Once
 	defer srv.Watch(func(ev server.Event) {
-		if ev.Kind == server.Disconnected && ev.ClientID == "mute" {
+		if ev.ClientID != "mute" {
+			return
+		}
+		switch ev.Kind {
+		case server.Connected:
+			connectedOnce.Do(func() { close(connected) })
+		case server.Disconnected:
 			goneOnce.Do(func() { close(gone) })
 		}
 	})()
@@ -186,6 +189,7 @@ func TestPushStalledSessionGetsItsQoS1(t *testing.T) {
 	if _, err := io.ReadFull(conn, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
 		t.Fatalf("connack: %x %v", ack, err)
 	}
+	apptest.Next(t, connected) // the server registers a connection just after its CONNACK
 
 	// Push until the server gives up on the client: pushes are refused
 	// while its queue is full, and once it has been full for the

@@ -399,6 +399,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.closeGateways()
 		err = s.gateway.drain(ctx)
+		// Replies and pushes are queued, not written by their callers
+		// (PATCHES.md, P16): let them out before the connections close,
+		// for no longer than a client may take to drain before it counts
+		// as stalled.
+		fctx, cancel := context.WithTimeout(ctx, s.opts.Limits.SlowClientTimeout)
+		if ferr := s.mq.FlushClients(fctx); ferr != nil {
+			s.log.Warn().Err(ferr).Msg("closing connections with messages still queued for them")
+		}
+		cancel()
 		if cerr := s.mq.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close engine: %w", cerr))
 		}

@@ -12,6 +12,7 @@
 package mqtt
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 
@@ -130,4 +131,22 @@ func (s *Server) checkStuck(cl *Client, now time.Time) {
 	s.Log.Warn("client stalled: disconnecting it; its session keeps the undelivered messages",
 		"client", cl.ID, "listener", cl.Net.Listener, "stalled", d.String())
 	cl.Stop(packets.ErrQuotaExceeded)
+}
+
+// FlushClients waits until what is queued for every connected client has
+// been written, at most until ctx ends; it returns ctx's error then. A
+// graceful stop calls it before Close, so that replies and pushes already
+// queued (which upstream wrote on the caller's goroutine) reach their
+// clients before the connections close.
+func (s *Server) FlushClients(ctx context.Context) error {
+	for _, cl := range s.Clients.GetAll() {
+		for cl.Net.Conn != nil && !cl.Closed() && !cl.State.outbound.idle() {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}
+	return nil
 }

@@ -182,3 +182,11 @@ func (q *outQueue) full() bool {
 	defer q.mu.Unlock()
 	return len(q.items) >= q.limit
 }
+
+// idle reports whether everything queued has been written: nothing queued
+// and no writer running. COLONY PATCH P16.
+func (q *outQueue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) == 0 && !q.running
+}
