@@ -400,7 +400,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.closeGateways()
 		err = s.gateway.drain(ctx)
 		// Replies and pushes are queued, not written by their callers
-		// (PATCHES.md, P16): let them out before the connections close,
+		// (PATCHES.md, P19): let them out before the connections close,
 		// for no longer than a client may take to drain before it counts
 		// as stalled.
 		fctx, cancel := context.WithTimeout(ctx, s.opts.Limits.SlowClientTimeout)

@@ -611,7 +611,7 @@ func (s *Server) kick(cl *mqtt.Client, reason string) {
 
 // deliver queues a publish for one client, bypassing subscriptions, in the
 // engine's outbound queue for it, without waiting for room (PATCHES.md,
-// P16). A QoS 1 message is tracked in the client's in-flight set, so the
+// P19). A QoS 1 message is tracked in the client's in-flight set, so the
 // engine matches its PUBACK and resends it if the client reconnects to its
 // session.
 func (s *Server) deliver(cl *mqtt.Client, pk packets.Packet) error {

@@ -1,4 +1,4 @@
-// COLONY PATCH P16: pushes, messages the server sends to one client outside
+// COLONY PATCH P19: pushes, messages the server sends to one client outside
 // its subscriptions (Colony's PushUser and PushClient), go through the
 // client's outbound queue and never wait for room.
 //

@@ -1,4 +1,4 @@
-// Tests of Colony's push patch (PATCHES.md P16). Run from the repository
+// Tests of Colony's push patch (PATCHES.md P19). Run from the repository
 // root: go test github.com/mochi-mqtt/server/v2/...
 
 package mqtt

@@ -28,7 +28,7 @@ type outQueue struct {
 	space   chan struct{} // closed when room frees up; nil while nobody waits
 	write   func([]outItem)
 	drained func() // called each time the writer empties the queue
-	// COLONY PATCH P16: progress, so pushes that never wait can tell a
+	// COLONY PATCH P19: progress, so pushes that never wait can tell a
 	// queue that stays full from one that is merely busy.
 	taken    uint64    // batches the writer has taken
 	fullGen  uint64    // taken when the queue was first seen full
@@ -129,7 +129,7 @@ func (q *outQueue) take() []outItem {
 		return nil
 	}
 	items := q.items
-	q.taken++ // COLONY PATCH P16
+	q.taken++ // COLONY PATCH P19
 	q.items = q.spare[:0]
 	q.spare = nil
 	if q.space != nil {
@@ -162,7 +162,7 @@ func (q *outQueue) len() int {
 
 // stuck reports how long the queue has been full without the writer taking
 // anything from it, as far as callers of stuck have seen: 0 when it is not
-// full or was first seen full now. COLONY PATCH P16.
+// full or was first seen full now. COLONY PATCH P19.
 func (q *outQueue) stuck(now time.Time) time.Duration {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -176,7 +176,7 @@ func (q *outQueue) stuck(now time.Time) time.Duration {
 	return now.Sub(q.fullSeen)
 }
 
-// full reports whether a push would find no room now. COLONY PATCH P16.
+// full reports whether a push would find no room now. COLONY PATCH P19.
 func (q *outQueue) full() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -184,7 +184,7 @@ func (q *outQueue) full() bool {
 }
 
 // idle reports whether everything queued has been written: nothing queued
-// and no writer running. COLONY PATCH P16.
+// and no writer running. COLONY PATCH P19.
 func (q *outQueue) idle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
