@@ -98,6 +98,7 @@ func newMetrics(a *App) *metrics.Set {
 	}
 	gauge("colony_mqtt_publishes_throttled_total", func() float64 { return float64(lim().PublishesThrottled) })
 	gauge("colony_users_bound", func() float64 { return float64(srv().UsersBound) })
+	gauge("colony_mqtt_pushes_refused_total", func() float64 { return float64(srv().PushesRefused) })
 	gauge("colony_gateway_requests_total", func() float64 { return float64(srv().RPCRequests) })
 	gauge("colony_gateway_request_errors_total", func() float64 { return float64(srv().RPCErrors) })
 	gauge("colony_gateway_requests_inflight", func() float64 { return float64(srv().RPCInFlight) })

@@ -24,9 +24,13 @@ type API interface {
 	SetValue(clientID, key string, v any) error
 	// Value reads a per-session value.
 	Value(clientID, key string) (any, bool)
-	// PushClient sends a message to one client alone.
+	// PushClient sends a message to one client alone. It never waits for
+	// a slow client: when the client's outbound queue is full it returns
+	// ErrSlowClient (QoS 0 dropped, QoS 1 refused, nothing kept).
 	PushClient(clientID, topic string, payload []byte, qos byte) error
-	// PushUser sends a message to all of a user's connections.
+	// PushUser sends a message to all of a user's connections and returns
+	// how many on this node queued it; a connection whose queue is full
+	// adds ErrSlowClient to the error, as PushClient, and holds up no other.
 	PushUser(userID, topic string, payload []byte, qos byte) (int, error)
 	// KickClient disconnects one client.
 	KickClient(clientID, reason string) error

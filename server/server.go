@@ -400,6 +400,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.closeGateways()
 		err = s.gateway.drain(ctx)
+		// Replies and pushes are queued, not written by their callers
+		// (PATCHES.md, P19): let them out before the connections close,
+		// for no longer than a client may take to drain before it counts
+		// as stalled.
+		fctx, cancel := context.WithTimeout(ctx, s.opts.Limits.SlowClientTimeout)
+		if ferr := s.mq.FlushClients(fctx); ferr != nil {
+			s.log.Warn().Err(ferr).Msg("closing connections with messages still queued for them")
+		}
+		cancel()
 		if cerr := s.mq.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("close engine: %w", cerr))
 		}
@@ -431,6 +440,7 @@ type Stats struct {
 	RPCInFlight    int64 // requests executing now
 	UsersBound     int64 // connections bound to a user id
 	PushesDropped  int64 // pushes that found no connection
+	PushesRefused  int64 // QoS 1 pushes refused by a client's full queue (ErrSlowClient)
 	RepliesDropped int64 // replies that could not be sent
 	Limits         LimitStats
 }
@@ -464,7 +474,7 @@ func (s *Server) Stats() Stats {
 		PublishesThrottled: r.PublishesThrottled.Load(),
 	}
 	st.RPCRequests, st.RPCErrors, st.RPCInFlight, st.RepliesDropped = s.gateway.stats()
-	st.UsersBound, st.PushesDropped = s.sessions.stats()
+	st.UsersBound, st.PushesDropped, st.PushesRefused = s.sessions.stats()
 	return st
 }
 

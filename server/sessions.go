@@ -15,6 +15,14 @@ import (
 // ErrNoClient reports that no connection with that client id is open.
 var ErrNoClient = errors.New("no such connected client")
 
+// ErrSlowClient reports a push that found the client's outbound queue (or,
+// at QoS 1, its window of unacknowledged messages) full: the client reads
+// more slowly than it is sent to. Nothing waited and nothing was kept: a
+// QoS 0 push was dropped (counted with the other QoS 0 drops, Stats.Info.
+// MessagesDropped), a QoS 1 push was refused (Stats.PushesRefused), and
+// the caller decides whether it matters, e.g. sends the state again later.
+var ErrSlowClient = errors.New("client too slow: its queue is full")
+
 // EventKind says what happened to a connection.
 type EventKind int
 
@@ -101,6 +109,7 @@ type sessions struct {
 	nextW    int
 	bound    atomic.Int64
 	dropped  atomic.Int64
+	refused  atomic.Int64 // QoS 1 pushes refused by a full queue (ErrSlowClient)
 	// away maps the client id of a persistent session whose connection
 	// ended to the user it was bound to, so topic guards still know whose
 	// deliveries the session may queue; forgotten when the session
@@ -328,7 +337,9 @@ func (h *sessions) emitFilters(kind EventKind, cl *mqtt.Client, user string, fil
 	}
 }
 
-func (h *sessions) stats() (bound, dropped int64) { return h.bound.Load(), h.dropped.Load() }
+func (h *sessions) stats() (bound, dropped, refused int64) {
+	return h.bound.Load(), h.dropped.Load(), h.refused.Load()
+}
 
 func (s *Server) authenticatesUsers() bool { return s.opts.Auth.PasswordFile != "" }
 
@@ -481,9 +492,15 @@ func (s *Server) Value(clientID, key string) (any, bool) {
 }
 
 // PushClient sends a message to one connected client alone, whatever its
-// subscriptions. QoS above 1 is sent as 1. In a cluster, a client not
-// connected here gets it on whichever node it is connected to (nil error:
-// the push went out; delivery is not confirmed).
+// subscriptions. QoS above 1 is sent as 1. It never waits for the client:
+// the message joins the client's outbound queue, and when that queue is
+// full the push fails with ErrSlowClient (QoS 0 dropped, QoS 1 refused and
+// not kept). A QoS 1 push that was queued stays in the client's in-flight
+// set until acknowledged, so a persistent session gets it again when it
+// reconnects. In a cluster, a client not connected here gets it on
+// whichever node it is connected to (nil error: the push went out;
+// delivery is not confirmed, and the other node's refusals are only
+// logged there).
 func (s *Server) PushClient(clientID, topic string, payload []byte, qos byte) error {
 	err := s.PushClientLocal(clientID, topic, payload, qos)
 	if errors.Is(err, ErrNoClient) && s.opts.Cluster != nil {
@@ -503,12 +520,17 @@ func (s *Server) PushClientLocal(clientID, topic string, payload []byte, qos byt
 		s.sessions.dropped.Add(1)
 		return fmt.Errorf("push to %q: %w", clientID, ErrNoClient)
 	}
-	return s.deliver(c.cl, packets.Packet{TopicName: topic, Payload: payload, FixedHeader: packets.FixedHeader{Qos: qos}})
+	if err := s.push(c.cl, topic, payload, qos); err != nil {
+		return fmt.Errorf("push to %q: %w", clientID, err)
+	}
+	return nil
 }
 
 // PushUser sends a message to every open connection of a user and returns
-// how many connections on this node it was written to. In a cluster it
-// also goes to every other node where the user is connected.
+// how many connections on this node it was queued for; a connection whose
+// queue is full counts an ErrSlowClient in the error instead (as
+// PushClient), without holding up the others. In a cluster it also goes
+// to every other node where the user is connected.
 func (s *Server) PushUser(userID, topic string, payload []byte, qos byte) (int, error) {
 	if s.opts.Cluster != nil {
 		s.opts.Cluster.PushUser(userID, topic, payload, qos)
@@ -528,7 +550,7 @@ func (s *Server) PushUserLocal(userID, topic string, payload []byte, qos byte) (
 	n := 0
 	var errs []error
 	for _, cl := range cls {
-		err := s.deliver(cl, packets.Packet{TopicName: topic, Payload: payload, FixedHeader: packets.FixedHeader{Qos: qos}})
+		err := s.push(cl, topic, payload, qos)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("push to %q: %w", cl.ID, err))
 			continue
@@ -609,29 +631,28 @@ func (s *Server) kick(cl *mqtt.Client, reason string) {
 	}
 }
 
-// deliver writes a publish straight to one client, bypassing subscriptions.
-// A QoS 1 message is tracked in the client's in-flight set, so the engine
-// matches its PUBACK and resends it if the client reconnects to its session.
+// deliver queues a publish for one client, bypassing subscriptions, in the
+// engine's outbound queue for it, without waiting for room (PATCHES.md,
+// P19). A QoS 1 message is tracked in the client's in-flight set, so the
+// engine matches its PUBACK and resends it if the client reconnects to its
+// session.
 func (s *Server) deliver(cl *mqtt.Client, pk packets.Packet) error {
-	pk.FixedHeader.Type = packets.Publish
 	pk.FixedHeader.Qos = min(pk.FixedHeader.Qos, 1)
-	pk.Created = time.Now().Unix()
-	if cl.Closed() {
+	err := s.mq.Push(cl, pk)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, mqtt.ErrConnectionClosed):
 		return ErrNoClient
 	}
-	if pk.FixedHeader.Qos > 0 {
-		id, err := cl.NextPacketID()
-		if err != nil {
-			return fmt.Errorf("no free packet id: %w", err)
-		}
-		pk.PacketID = uint16(id)
-		if cl.State.Inflight.Set(pk) {
-			atomic.AddInt64(&s.mq.Info.Inflight, 1)
-		}
-		cl.State.Inflight.DecreaseSendQuota()
+	return fmt.Errorf("%w: %w", ErrSlowClient, err)
+}
+
+// push delivers a module's push and counts the QoS 1 ones refused.
+func (s *Server) push(cl *mqtt.Client, topic string, payload []byte, qos byte) error {
+	err := s.deliver(cl, packets.Packet{TopicName: topic, Payload: payload, FixedHeader: packets.FixedHeader{Qos: qos}})
+	if qos > 0 && errors.Is(err, ErrSlowClient) {
+		s.sessions.refused.Add(1)
 	}
-	if err := cl.WritePacket(pk); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	return nil
+	return err
 }

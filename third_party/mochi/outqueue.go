@@ -28,6 +28,11 @@ type outQueue struct {
 	space   chan struct{} // closed when room frees up; nil while nobody waits
 	write   func([]outItem)
 	drained func() // called each time the writer empties the queue
+	// COLONY PATCH P19: progress, so pushes that never wait can tell a
+	// queue that stays full from one that is merely busy.
+	taken    uint64    // batches the writer has taken
+	fullGen  uint64    // taken when the queue was first seen full
+	fullSeen time.Time // when the queue was first seen full at fullGen
 }
 
 // outItem is one packet waiting to be written: a packet to encode for this
@@ -124,6 +129,7 @@ func (q *outQueue) take() []outItem {
 		return nil
 	}
 	items := q.items
+	q.taken++ // COLONY PATCH P19
 	q.items = q.spare[:0]
 	q.spare = nil
 	if q.space != nil {
@@ -152,4 +158,35 @@ func (q *outQueue) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.items)
+}
+
+// stuck reports how long the queue has been full without the writer taking
+// anything from it, as far as callers of stuck have seen: 0 when it is not
+// full or was first seen full now. COLONY PATCH P19.
+func (q *outQueue) stuck(now time.Time) time.Duration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.items) < q.limit {
+		return 0
+	}
+	if q.fullSeen.IsZero() || q.fullGen != q.taken {
+		q.fullGen, q.fullSeen = q.taken, now
+		return 0
+	}
+	return now.Sub(q.fullSeen)
+}
+
+// full reports whether a push would find no room now. COLONY PATCH P19.
+func (q *outQueue) full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) >= q.limit
+}
+
+// idle reports whether everything queued has been written: nothing queued
+// and no writer running. COLONY PATCH P19.
+func (q *outQueue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) == 0 && !q.running
 }
