@@ -135,12 +135,6 @@ func (g *gateway) serve(r *request) {
 	}
 }
 
-// reply is the JSON envelope of every answer.
-type reply struct {
-	Result json.RawMessage `json:"result,omitempty"`
-	Error  *rpc.Error      `json:"error,omitempty"`
-}
-
 // replyBody encodes {"result":…} or {"error":{"code","message"}}. A raw result
 // that is not JSON is passed through as it is, with a binary content type.
 func replyBody(res any, err error) ([]byte, string) {
@@ -151,14 +145,14 @@ func replyBody(res any, err error) ([]byte, string) {
 		} else if !json.Valid(b) {
 			return b, "application/octet-stream"
 		} else {
-			out, mErr := json.Marshal(reply{Result: b})
+			out, mErr := json.Marshal(rpc.Reply{Result: b})
 			if mErr == nil {
 				return out, "application/json"
 			}
 			err = rpc.Errorf(rpc.CodeInternal, "encode reply: %v", mErr)
 		}
 	}
-	out, mErr := json.Marshal(reply{Error: rpc.AsError(err)})
+	out, mErr := json.Marshal(rpc.Reply{Error: rpc.AsError(err)})
 	if mErr != nil { // cannot happen: two strings
 		out = []byte(`{"error":{"code":"internal","message":"encode error"}}`)
 	}

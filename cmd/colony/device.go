@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/colonymq/colony/rpc"
 )
 
 const deviceUsage = `usage: colony device [flags] <command> [args]
@@ -213,20 +215,11 @@ func callModule(ctx context.Context, rawURL, user, pass, module, fn string, req 
 	}
 	select {
 	case p := <-replies:
-		var env struct {
-			Result json.RawMessage `json:"result"`
-			Error  *struct {
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"error"`
+		var result json.RawMessage
+		if err := rpc.DecodeReply(p.Payload, &result); err != nil {
+			return nil, fmt.Errorf("%s.%s: %w", module, fn, err)
 		}
-		if err := json.Unmarshal(p.Payload, &env); err != nil {
-			return nil, fmt.Errorf("reply: %w", err)
-		}
-		if env.Error != nil {
-			return nil, fmt.Errorf("%s.%s: %s: %s", module, fn, env.Error.Code, env.Error.Message)
-		}
-		return env.Result, nil
+		return result, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%s.%s: no reply: %w", module, fn, ctx.Err())
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/examples/grid"
 	"github.com/colonymq/colony/modules/game"
+	"github.com/colonymq/colony/rpc"
 )
 
 // A bot plays the example game to the end over MQTT: it reads the board
@@ -40,15 +41,8 @@ func TestBotWinsAGame(t *testing.T) {
 			if p.Topic != "r/bot" {
 				continue
 			}
-			var env struct {
-				Result json.RawMessage `json:"result"`
-				Error  any             `json:"error"`
-			}
-			if err := json.Unmarshal(p.Payload, &env); err != nil || env.Error != nil {
-				t.Fatalf("%s: %s", fn, p.Payload)
-			}
-			if err := json.Unmarshal(env.Result, resp); err != nil {
-				t.Fatal(err)
+			if err := rpc.DecodeReply(p.Payload, resp); err != nil {
+				t.Fatalf("%s: %v: %s", fn, err, p.Payload)
 			}
 			return
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/modules/game"
+	"github.com/colonymq/colony/rpc"
 )
 
 // benchLogic is a small lock-step game: it moves each player by its inputs.
@@ -74,15 +75,8 @@ func (bc *benchClient) call(fn string, req, resp any) error {
 	}
 	select {
 	case r := <-bc.repl:
-		var env struct {
-			Result json.RawMessage `json:"result"`
-			Error  any             `json:"error"`
-		}
-		if err := json.Unmarshal(r, &env); err != nil || env.Error != nil {
-			return fmt.Errorf("%s: %s", fn, r)
-		}
-		if resp != nil {
-			return json.Unmarshal(env.Result, resp)
+		if err := rpc.DecodeReply(r, resp); err != nil {
+			return fmt.Errorf("%s: %w", fn, err)
 		}
 		return nil
 	case <-ctx.Done():

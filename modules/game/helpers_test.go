@@ -208,22 +208,11 @@ func (p *player) call(fn string, req, resp any) error {
 		p.t.Fatalf("%s: request %s: %v", p.id, fn, err)
 	}
 	m := apptest.Next(p.t, ch)
-	var env struct {
-		Result json.RawMessage `json:"result"`
-		Error  *rpc.Error      `json:"error"`
-	}
-	if err := json.Unmarshal(m.Payload, &env); err != nil {
+	err = rpc.DecodeReply(m.Payload, resp)
+	if errors.Is(err, rpc.ErrBadReply) {
 		p.t.Fatalf("%s: reply to %s: %v: %s", p.id, fn, err, m.Payload)
 	}
-	if env.Error != nil {
-		return env.Error
-	}
-	if resp != nil {
-		if err := json.Unmarshal(env.Result, resp); err != nil {
-			p.t.Fatalf("%s: result of %s: %v: %s", p.id, fn, err, env.Result)
-		}
-	}
-	return nil
+	return err
 }
 
 func (p *player) must(fn string, req, resp any) {

@@ -190,22 +190,11 @@ func (c *client) call(fn string, req, resp any) error {
 		c.t.Fatalf("%s: request %s: %v", c.id, fn, err)
 	}
 	p := apptest.Next(c.t, ch)
-	var env struct {
-		Result json.RawMessage `json:"result"`
-		Error  *rpc.Error      `json:"error"`
-	}
-	if err := json.Unmarshal(p.Payload, &env); err != nil {
+	err = rpc.DecodeReply(p.Payload, resp)
+	if errors.Is(err, rpc.ErrBadReply) {
 		c.t.Fatalf("%s: reply to %s: %v: %s", c.id, fn, err, p.Payload)
 	}
-	if env.Error != nil {
-		return env.Error
-	}
-	if resp != nil {
-		if err := json.Unmarshal(env.Result, resp); err != nil {
-			c.t.Fatalf("%s: result of %s: %v: %s", c.id, fn, err, env.Result)
-		}
-	}
-	return nil
+	return err
 }
 
 // must is call that fails the test on an error reply.

@@ -29,6 +29,7 @@ import (
 
 	"github.com/colonymq/colony/examples/grid"
 	"github.com/colonymq/colony/modules/game"
+	"github.com/colonymq/colony/rpc"
 )
 
 type client struct {
@@ -199,17 +200,10 @@ func (cl *client) call(fn string, req, resp any) error {
 	case <-ctx.Done():
 		return fmt.Errorf("%s: no reply", fn)
 	}
-	var env struct {
-		Result json.RawMessage `json:"result"`
-		Error  *struct{ Code, Message string }
+	if err := rpc.DecodeReply(reply, resp); err != nil {
+		return fmt.Errorf("%s: %w", fn, err)
 	}
-	if err := json.Unmarshal(reply, &env); err != nil {
-		return err
-	}
-	if env.Error != nil {
-		return fmt.Errorf("%s: %s: %s", fn, env.Error.Code, env.Error.Message)
-	}
-	return json.Unmarshal(env.Result, resp)
+	return nil
 }
 
 // play renders frames and sends moves until q, the end of the game or a
