@@ -106,7 +106,11 @@ func TestAuthenticatorExtension(t *testing.T) {
 // protocol gateway's device whose transport vouched for identity.
 func gatewayClient(t *testing.T, s *server.Server, identity string, cp *paho.Connect) (*paho.Client, *paho.Connack, error) {
 	t.Helper()
-	dev, gw := net.Pipe()
+	// A loopback TCP pair, not net.Pipe: paho writes one packet in several
+	// Writes from more than one goroutine, which a socket's writev keeps
+	// whole and net.Pipe interleaves (the server then rightly answers
+	// DISCONNECT 0x81, malformed packet).
+	dev, gw := tcpPair(t)
 	served := make(chan error, 1)
 	go func() { served <- s.ServeConn("test-gw", gw, identity) }()
 	c := paho.NewClient(paho.ClientConfig{Conn: dev})
@@ -183,4 +187,31 @@ func TestAuthenticatorVouched(t *testing.T) {
 			t.Fatalf("vouched %q as %q: %v %+v, want CONNACK 0x86", c.identity, c.user, err, ack)
 		}
 	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			c = nil
+		}
+		accepted <- c
+	}()
+	dev, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := <-accepted
+	if gw == nil {
+		t.Fatal("accept failed")
+	}
+	return dev, gw
 }
