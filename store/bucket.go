@@ -268,3 +268,25 @@ func (b *Bucket[T]) Len() (int, error) {
 	})
 	return n, err
 }
+
+// Opener opens a module's buckets one after another and keeps the first
+// error, so a module with many buckets opens them in a plain list (see
+// OpenBucket) and checks Err once.
+type Opener struct {
+	DB     *DB
+	Module string
+	Err    error // the first failure; later OpenBucket calls do nothing
+}
+
+// OpenBucket is NewBucket through o: after a failure it returns nil and leaves
+// o.Err as it is.
+func OpenBucket[T any](o *Opener, name string) *Bucket[T] {
+	if o.Err != nil {
+		return nil
+	}
+	b, err := NewBucket[T](o.DB, o.Module, name)
+	if err != nil {
+		o.Err = err
+	}
+	return b
+}

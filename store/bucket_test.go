@@ -241,3 +241,23 @@ func TestBucketRejectsUndecodableValue(t *testing.T) {
 		t.Errorf("Update = %v, want ErrCorrupt", err)
 	}
 }
+
+func TestOpenerKeepsTheFirstError(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t, Options{})
+	o := &Opener{DB: db, Module: "bank"}
+	accounts := OpenBucket[account](o, "accounts")
+	if o.Err != nil || accounts == nil {
+		t.Fatalf("open: %v", o.Err)
+	}
+	if err := accounts.Put(ctx, "alice", account{"Alice", 1}); err != nil {
+		t.Fatal(err)
+	}
+	if b := OpenBucket[int](o, ""); b != nil || !errors.Is(o.Err, ErrInvalidName) {
+		t.Fatalf("empty name: %v, %v", b, o.Err)
+	}
+	first := o.Err
+	if b := OpenBucket[int](o, "later"); b != nil || o.Err != first {
+		t.Fatalf("after a failure: %v, %v", b, o.Err)
+	}
+}

@@ -2,7 +2,6 @@ package device
 
 import (
 	"encoding/binary"
-	"fmt"
 
 	"github.com/colonymq/colony/store"
 )
@@ -27,26 +26,19 @@ type stores struct {
 
 func openStores(db *store.DB, module string) (*stores, error) {
 	s := &stores{db: db}
-	var err error
-	open := func(name string, f func() error) {
-		if err == nil {
-			if e := f(); e != nil {
-				err = fmt.Errorf("open bucket %s: %w", name, e)
-			}
-		}
-	}
-	open("devices", func() (e error) { s.devices, e = store.NewBucket[deviceRecord](db, module, "devices"); return })
-	open("claims", func() (e error) { s.claims, e = store.NewBucket[claimRecord](db, module, "claims"); return })
-	open("status", func() (e error) { s.status, e = store.NewBucket[Status](db, module, "status"); return })
-	open("points", func() (e error) { s.points, e = store.NewBucket[Values](db, module, "points"); return })
-	open("latest", func() (e error) { s.latest, e = store.NewBucket[Latest](db, module, "latest"); return })
-	open("counts", func() (e error) { s.counts, e = store.NewBucket[int64](db, module, "counts"); return })
-	open("shadows", func() (e error) { s.shadows, e = store.NewBucket[shadowRecord](db, module, "shadows"); return })
-	open("cmds", func() (e error) { s.cmds, e = store.NewBucket[Command](db, module, "cmds"); return })
-	open("queue", func() (e error) { s.queue, e = store.NewBucket[int64](db, module, "queue"); return })
-	open("jobs", func() (e error) { s.jobs, e = store.NewBucket[Job](db, module, "jobs"); return })
-	open("execs", func() (e error) { s.execs, e = store.NewBucket[JobExecution](db, module, "execs"); return })
-	return s, err
+	o := &store.Opener{DB: db, Module: module}
+	s.devices = store.OpenBucket[deviceRecord](o, "devices")
+	s.claims = store.OpenBucket[claimRecord](o, "claims")
+	s.status = store.OpenBucket[Status](o, "status")
+	s.points = store.OpenBucket[Values](o, "points")
+	s.latest = store.OpenBucket[Latest](o, "latest")
+	s.counts = store.OpenBucket[int64](o, "counts")
+	s.shadows = store.OpenBucket[shadowRecord](o, "shadows")
+	s.cmds = store.OpenBucket[Command](o, "cmds")
+	s.queue = store.OpenBucket[int64](o, "queue")
+	s.jobs = store.OpenBucket[Job](o, "jobs")
+	s.execs = store.OpenBucket[JobExecution](o, "execs")
+	return s, o.Err
 }
 
 const sep = "\x00"

@@ -47,24 +47,17 @@ type stores struct {
 
 func openStores(db *store.DB, module string) (*stores, error) {
 	s := &stores{db: db}
-	var err error
-	open := func(name string, f func() error) {
-		if err == nil {
-			if e := f(); e != nil {
-				err = fmt.Errorf("open bucket %s: %w", name, e)
-			}
-		}
-	}
-	open("convs", func() (e error) { s.convs, e = store.NewBucket[convRecord](db, module, "convs"); return })
-	open("direct", func() (e error) { s.direct, e = store.NewBucket[string](db, module, "direct"); return })
-	open("members", func() (e error) { s.members, e = store.NewBucket[Member](db, module, "members"); return })
-	open("inbox", func() (e error) { s.inbox, e = store.NewBucket[inboxRecord](db, module, "inbox"); return })
-	open("msgs", func() (e error) { s.msgs, e = store.NewBucket[Message](db, module, "msgs"); return })
-	open("dedup", func() (e error) { s.dedup, e = store.NewBucket[uint64](db, module, "dedup"); return })
-	open("hidden", func() (e error) { s.hidden, e = store.NewBucket[int64](db, module, "hidden"); return })
-	open("blocks", func() (e error) { s.blocks, e = store.NewBucket[int64](db, module, "blocks"); return })
-	open("seen", func() (e error) { s.seen, e = store.NewBucket[int64](db, module, "seen"); return })
-	return s, err
+	o := &store.Opener{DB: db, Module: module}
+	s.convs = store.OpenBucket[convRecord](o, "convs")
+	s.direct = store.OpenBucket[string](o, "direct")
+	s.members = store.OpenBucket[Member](o, "members")
+	s.inbox = store.OpenBucket[inboxRecord](o, "inbox")
+	s.msgs = store.OpenBucket[Message](o, "msgs")
+	s.dedup = store.OpenBucket[uint64](o, "dedup")
+	s.hidden = store.OpenBucket[int64](o, "hidden")
+	s.blocks = store.OpenBucket[int64](o, "blocks")
+	s.seen = store.OpenBucket[int64](o, "seen")
+	return s, o.Err
 }
 
 const sep = "\x00"
