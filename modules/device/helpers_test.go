@@ -2,12 +2,10 @@ package device_test
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -35,14 +33,12 @@ func start(t testing.TB, cfg app.Config, opts device.Options) *node {
 
 // rpcClient is an MQTT 5 client making requests to the device module.
 type rpcClient struct {
-	t       *testing.T
-	id      string
-	c       *apptest.V5Client
-	reply   string
-	mu      sync.Mutex
-	waiting map[string]chan *paho.Publish
-	corr    atomic.Int64
-	other   chan *paho.Publish // everything that is not a reply
+	t     *testing.T
+	id    string
+	c     *apptest.V5Client
+	reply string
+	req   apptest.Requests
+	other chan *paho.Publish // everything that is not a reply
 }
 
 // connectRPC connects an MQTT 5 client with cp and routes replies arriving
@@ -50,21 +46,15 @@ type rpcClient struct {
 func connectRPC(t *testing.T, addr string, cp *paho.Connect, replyTopic string) *rpcClient {
 	t.Helper()
 	c := &rpcClient{t: t, id: cp.ClientID, c: apptest.V5(t, addr, cp), reply: replyTopic,
-		waiting: map[string]chan *paho.Publish{}, other: make(chan *paho.Publish, 1024)}
+		other: make(chan *paho.Publish, 1024)}
 	done := make(chan struct{})
 	t.Cleanup(func() { close(done) })
 	go func() {
 		for {
 			select {
 			case p := <-c.c.Msgs:
-				if p.Topic == c.reply && p.Properties != nil {
-					c.mu.Lock()
-					ch := c.waiting[string(p.Properties.CorrelationData)]
-					c.mu.Unlock()
-					if ch != nil {
-						ch <- p
-						continue
-					}
+				if p.Topic == c.reply && c.req.Deliver(p) {
+					continue
 				}
 				c.other <- p
 			case <-done:
@@ -118,30 +108,7 @@ func (c *rpcClient) subscribe(filters ...string) []byte {
 // call makes a request to handler fn of the device module.
 func (c *rpcClient) call(fn string, req, resp any) error {
 	c.t.Helper()
-	corr := strconv.FormatInt(c.corr.Add(1), 10)
-	ch := make(chan *paho.Publish, 1)
-	c.mu.Lock()
-	c.waiting[corr] = ch
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.waiting, corr)
-		c.mu.Unlock()
-	}()
-	body, err := json.Marshal(req)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if _, err := c.c.Publish(apptest.Ctx(c.t), &paho.Publish{Topic: "$rpc/device/" + fn, QoS: 1, Payload: body,
-		Properties: &paho.PublishProperties{ResponseTopic: c.reply, CorrelationData: []byte(corr)}}); err != nil {
-		c.t.Fatalf("%s: request %s: %v", c.id, fn, err)
-	}
-	p := apptest.Next(c.t, ch)
-	err = rpc.DecodeReply(p.Payload, resp)
-	if errors.Is(err, rpc.ErrBadReply) {
-		c.t.Fatalf("%s: reply to %s: %v: %s", c.id, fn, err, p.Payload)
-	}
-	return err
+	return c.req.Call(c.t, c.c.Client, c.reply, "device", fn, req, resp)
 }
 
 func (c *rpcClient) must(fn string, req, resp any) {

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -116,10 +114,8 @@ type player struct {
 	match chan game.MatchEvent
 	last  atomic.Uint64 // N of the last room message
 
-	mu      sync.Mutex
-	waiting map[string]chan *paho.Publish
-	corr    atomic.Int64
-	done    chan struct{}
+	req  apptest.Requests
+	done chan struct{}
 }
 
 // connect opens client id without logging in.
@@ -127,7 +123,7 @@ func connect(t *testing.T, n *node, name, id string) *player {
 	t.Helper()
 	p := &player{t: t, name: name, id: id, c: apptest.V5(t, n.Addr("mqtt"), &paho.Connect{ClientID: id, CleanStart: true}),
 		room: make(chan game.Msg, 4096), match: make(chan game.MatchEvent, 256),
-		waiting: map[string]chan *paho.Publish{}, done: make(chan struct{})}
+		done: make(chan struct{})}
 	go p.route()
 	t.Cleanup(func() { close(p.done) })
 	if _, err := p.c.Subscribe(apptest.Ctx(t), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
@@ -159,12 +155,7 @@ func (p *player) route() {
 		}
 		switch {
 		case strings.HasPrefix(m.Topic, "replies/"):
-			p.mu.Lock()
-			ch := p.waiting[string(m.Properties.CorrelationData)]
-			p.mu.Unlock()
-			if ch != nil {
-				ch <- m
-			}
+			p.req.Deliver(m)
 		case m.Topic == game.Topic(p.name, game.TopicRoom):
 			var msg game.Msg
 			if err := json.Unmarshal(m.Payload, &msg); err != nil {
@@ -189,30 +180,7 @@ func (p *player) route() {
 // call makes a request to game/<fn>; an error reply is an *rpc.Error.
 func (p *player) call(fn string, req, resp any) error {
 	p.t.Helper()
-	corr := strconv.FormatInt(p.corr.Add(1), 10)
-	ch := make(chan *paho.Publish, 1)
-	p.mu.Lock()
-	p.waiting[corr] = ch
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.waiting, corr)
-		p.mu.Unlock()
-	}()
-	body, err := json.Marshal(req)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	if _, err := p.c.Publish(apptest.Ctx(p.t), &paho.Publish{Topic: "$rpc/game/" + fn, QoS: 1, Payload: body,
-		Properties: &paho.PublishProperties{ResponseTopic: "replies/" + p.id, CorrelationData: []byte(corr)}}); err != nil {
-		p.t.Fatalf("%s: request %s: %v", p.id, fn, err)
-	}
-	m := apptest.Next(p.t, ch)
-	err = rpc.DecodeReply(m.Payload, resp)
-	if errors.Is(err, rpc.ErrBadReply) {
-		p.t.Fatalf("%s: reply to %s: %v: %s", p.id, fn, err, m.Payload)
-	}
-	return err
+	return p.req.Call(p.t, p.c.Client, "replies/"+p.id, "game", fn, req, resp)
 }
 
 func (p *player) must(fn string, req, resp any) {

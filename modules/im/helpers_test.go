@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/eclipse/paho.golang/paho"
@@ -53,10 +50,8 @@ type client struct {
 	presence chan im.Presence
 	convs    chan im.ConvEvent
 
-	mu      sync.Mutex
-	waiting map[string]chan *paho.Publish
-	corr    atomic.Int64
-	done    chan struct{}
+	req  apptest.Requests
+	done chan struct{}
 }
 
 type loginOpt func(*paho.Connect)
@@ -91,7 +86,7 @@ func dial(t *testing.T, n *node, user, id string, opts ...loginOpt) *client {
 		t: t, user: user, id: id, c: apptest.V5(t, n.Addr("mqtt"), cp),
 		msgs: make(chan im.Message, 4096), receipts: make(chan im.ReceiptEvent, 4096), typing: make(chan im.Typing, 256),
 		presence: make(chan im.Presence, 256), convs: make(chan im.ConvEvent, 256),
-		waiting: map[string]chan *paho.Publish{}, done: make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	go c.route()
 	t.Cleanup(func() { close(c.done) })
@@ -123,12 +118,7 @@ func (c *client) route() {
 			return
 		}
 		if strings.HasPrefix(p.Topic, "replies/") {
-			c.mu.Lock()
-			ch := c.waiting[string(p.Properties.CorrelationData)]
-			c.mu.Unlock()
-			if ch != nil {
-				ch <- p
-			}
+			c.req.Deliver(p)
 			continue
 		}
 		rest, ok := strings.CutPrefix(p.Topic, im.TopicRoot+c.user+"/")
@@ -170,31 +160,7 @@ func push[T any](b []byte, ch chan T) error {
 // into resp; an error reply comes back as an *rpc.Error.
 func (c *client) call(fn string, req, resp any) error {
 	c.t.Helper()
-	corr := strconv.FormatInt(c.corr.Add(1), 10)
-	ch := make(chan *paho.Publish, 1)
-	c.mu.Lock()
-	c.waiting[corr] = ch
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.waiting, corr)
-		c.mu.Unlock()
-	}()
-	body, err := json.Marshal(req)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	_, err = c.c.Publish(apptest.Ctx(c.t), &paho.Publish{Topic: "$rpc/im/" + fn, QoS: 1, Payload: body,
-		Properties: &paho.PublishProperties{ResponseTopic: "replies/" + c.id, CorrelationData: []byte(corr)}})
-	if err != nil {
-		c.t.Fatalf("%s: request %s: %v", c.id, fn, err)
-	}
-	p := apptest.Next(c.t, ch)
-	err = rpc.DecodeReply(p.Payload, resp)
-	if errors.Is(err, rpc.ErrBadReply) {
-		c.t.Fatalf("%s: reply to %s: %v: %s", c.id, fn, err, p.Payload)
-	}
-	return err
+	return c.req.Call(c.t, c.c.Client, "replies/"+c.id, "im", fn, req, resp)
 }
 
 // must is call that fails the test on an error reply.

@@ -781,7 +781,7 @@ func TestCallsFromModulesAndSendHooks(t *testing.T) {
 	}
 	// The same for an MQTT client nobody bound to a user.
 	anon := &client{t: t, id: "anon", c: apptest.V5(t, n.Addr("mqtt"), &paho.Connect{ClientID: "anon", CleanStart: true}),
-		waiting: map[string]chan *paho.Publish{}, done: make(chan struct{})}
+		done: make(chan struct{})}
 	t.Cleanup(func() { close(anon.done) })
 	go anon.route()
 	if codes := anon.subscribe("replies/anon"); codes[0] != 1 {
