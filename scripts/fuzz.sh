@@ -25,15 +25,28 @@ targets=(
   "./server/mqttsn/packet FuzzDecode"   # MQTT-SN v1.2 datagrams (the gateway's codec)
 )
 start=$SECONDS
+flaked=0
 for t in "${targets[@]}"; do
   read -r pkg name <<<"${t%%#*}"
   if [ $# -gt 0 ] && [[ ! " $* " =~ " $name " ]]; then continue; fi
   echo "== $name ($pkg, $fuzztime)"
+  corpus="$pkg/testdata/fuzz/$name"
+  before=$(ls "$corpus" 2>/dev/null | sort || true)
   if ! out=$(go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg" 2>&1); then
+    after=$(ls "$corpus" 2>/dev/null | sort || true)
+    # Go 1.26's fuzz coordinator can report its own -fuzztime deadline as a
+    # failure ("context deadline exceeded", no input written; golang/go#75804,
+    # fixed in Go 1.27). A real failure always writes its input to $corpus.
+    if [ "$before" = "$after" ] && echo "$out" | grep -q '^    context deadline exceeded$' &&
+      ! echo "$out" | grep -q -e 'Failing input written' -e '^panic:' -e '_test.go:[0-9]*:'; then
+      echo "warning: $name hit the Go fuzz coordinator's deadline race (golang/go#75804); no failing input, not a failure"
+      flaked=$((flaked + 1))
+      continue
+    fi
     echo "$out" | grep -v '^fuzz: elapsed'
-    echo "FAIL: $name (a crasher, if any, is in $pkg/testdata/fuzz/$name/)"
+    echo "FAIL: $name (a crasher, if any, is in $corpus/)"
     exit 1
   fi
   echo "$out" | tail -n 3
 done
-echo "fuzzing took $((SECONDS - start))s"
+echo "fuzzing took $((SECONDS - start))s ($flaked deadline races ignored)"
