@@ -13,6 +13,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/xid"
@@ -120,6 +121,7 @@ type ClientConnection struct {
 	rbuf     readBuf                 // COLONY PATCH P17: buffers what the client sends, from a pool while there is something to read
 	park     atomic.Pointer[parking] // COLONY PATCH P16: set once the connection has been parked while idle
 	outbuf   *bytes.Buffer           // a buffer for writing packets
+	raw      syscall.RawConn         // COLONY PATCH P20: for writes that must not block; nil when the connection has none
 	Remote   string                  // the remote address of the client
 	Listener string                  // listener id of the client
 	Inline   bool                    // if true, the client is the built-in 'inline' embedded client
@@ -192,6 +194,10 @@ func newClient(c net.Conn, o *ops) *Client {
 			Conn:   c,
 			rbuf:   newReadBuf(c, o.options.ClientNetReadBufferSize),
 			Remote: c.RemoteAddr().String(),
+			raw:    rawConnOf(c), // COLONY PATCH P20
+		}
+		if cl.Net.raw != nil {
+			cl.State.outbound.writeNow, cl.State.outbound.flush = cl.writeNow, cl.flushLeft
 		}
 	}
 
@@ -209,9 +215,9 @@ func (cl *Client) writeBatch(batch []outItem) {
 		cl.State.writing.Store(int32(len(batch) - i))
 		var err error
 		if it.shared != nil {
-			err = cl.writeShared(it.shared) // COLONY PATCH P13
+			err = cl.writeShared(it.shared, false) // COLONY PATCH P13
 		} else {
-			err = cl.WritePacket(*it.pk)
+			err = cl.writePacket(*it.pk, false)
 		}
 		if err != nil {
 			pk := it.pk
@@ -233,6 +239,39 @@ func (cl *Client) writeBatch(batch []outItem) {
 		}
 	}
 	cl.Unlock()
+}
+
+// writeNow writes one packet taken by the caller from the outbound queue's
+// writer role, without blocking, and reports whether bytes of it were left
+// in outbuf for flushLeft. COLONY PATCH P20.
+func (cl *Client) writeNow(it outItem) (left bool) {
+	var err error
+	if it.shared != nil {
+		err = cl.writeShared(it.shared, true)
+	} else {
+		err = cl.writePacket(*it.pk, true)
+	}
+	if err != nil {
+		pk := it.pk
+		if it.shared != nil {
+			pk = &it.shared.pk
+		}
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(*pk))
+	}
+	cl.Lock()
+	defer cl.Unlock()
+	return cl.Net.outbuf != nil && !cl.Closed()
+}
+
+// flushLeft writes, blocking, the bytes writeNow left. COLONY PATCH P20.
+func (cl *Client) flushLeft() {
+	cl.Lock()
+	defer cl.Unlock()
+	if cl.Net.outbuf != nil && !cl.Closed() {
+		if err := cl.flushOutbuf(); err != nil {
+			cl.ops.log.Debug("failed flushing packets", "error", err, "client", cl.ID)
+		}
+	}
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -565,6 +604,12 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
+	return cl.writePacket(pk, false)
+}
+
+// writePacket is WritePacket; with nb (COLONY PATCH P20) it does not block:
+// what the socket does not take at once is left in outbuf.
+func (cl *Client) writePacket(pk packets.Packet, nb bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -608,7 +653,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
 	}
 
-	n, err := cl.send(buf.Bytes())
+	n, err := cl.send(buf.Bytes(), nb)
 	if err != nil {
 		return err
 	}
@@ -668,7 +713,7 @@ func encodePacket(pk *packets.Packet, buf *bytes.Buffer) error {
 // writeShared writes a QoS 0 PUBLISH encoded once for many subscribers.
 // COLONY PATCH P13. When the message expiry interval it carries (MQTT 5) is
 // no longer the one this moment calls for, the packet is encoded afresh.
-func (cl *Client) writeShared(sp *sharedPublish) error {
+func (cl *Client) writeShared(sp *sharedPublish, nb bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -678,10 +723,10 @@ func (cl *Client) writeShared(sp *sharedPublish) error {
 	}
 
 	if sp.pk.Expiry > 0 && sp.pk.ProtocolVersion == 5 && sp.interval != expiryInterval(sp.pk.Expiry) {
-		return cl.WritePacket(sp.pk)
+		return cl.writePacket(sp.pk, nb)
 	}
 
-	n, err := cl.send(sp.b)
+	n, err := cl.send(sp.b, nb)
 	if err != nil {
 		return err
 	}
@@ -700,10 +745,15 @@ func expiryInterval(expiry int64) uint32 {
 
 // send writes the bytes of one encoded packet: at once when nothing else is
 // waiting to be written, else gathered with the packets that follow, up to
-// ClientNetWriteBufferSize, so that a burst costs few system calls.
-func (cl *Client) send(b []byte) (int64, error) {
+// ClientNetWriteBufferSize, so that a burst costs few system calls. With nb
+// (COLONY PATCH P20) it writes at once without blocking, and leaves in
+// outbuf what the socket does not take.
+func (cl *Client) send(b []byte, nb bool) (int64, error) {
 	cl.Lock()
 	defer cl.Unlock()
+	if nb {
+		return cl.sendNow(b)
+	}
 	if cl.State.writing.Load() <= 1 && cl.State.outbound.len() == 0 { // COLONY PATCH P1: nothing else pending: flush now
 		if cl.Net.outbuf == nil {
 			n, err := cl.Net.Conn.Write(b)
@@ -740,6 +790,34 @@ var (
 	encodeBuffers = mempool.NewBuffer(64 << 10)
 	outBuffers    = mempool.NewBuffer(64 << 10)
 )
+
+// sendNow writes b after any bytes left before it, as much as the socket
+// takes without blocking, and keeps the rest in outbuf. The caller holds
+// the client's lock. COLONY PATCH P20.
+func (cl *Client) sendNow(b []byte) (int64, error) {
+	if cl.Net.outbuf == nil {
+		n, err := writeNonblocking(cl.Net.raw, b)
+		if err != nil {
+			return int64(n), err
+		}
+		if n < len(b) {
+			cl.Net.outbuf = outBuffers.Get()
+			cl.Net.outbuf.Write(b[n:])
+		}
+		return int64(len(b)), nil
+	}
+	cl.Net.outbuf.Write(b)
+	n, err := writeNonblocking(cl.Net.raw, cl.Net.outbuf.Bytes())
+	cl.Net.outbuf.Next(n)
+	if err != nil {
+		return 0, err
+	}
+	if cl.Net.outbuf.Len() == 0 {
+		outBuffers.Put(cl.Net.outbuf)
+		cl.Net.outbuf = nil
+	}
+	return int64(len(b)), nil
+}
 
 func (cl *Client) flushOutbuf() (err error) {
 	if cl.Net.outbuf == nil {

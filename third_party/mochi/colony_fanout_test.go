@@ -196,7 +196,7 @@ func TestFanOutSharedEncodingIsStaleSafe(t *testing.T) {
 		t.Fatal("the same form was encoded twice")
 	}
 	sp.interval += 50 // as if encoded 50 s ago
-	go func() { _ = v5.cl.writeShared(sp) }()
+	go func() { _ = v5.cl.writeShared(sp, false) }()
 	if got := v5.next(t).Properties.MessageExpiryInterval; got < 99 || got > 100 {
 		t.Fatalf("message expiry interval %d, want 100 (encoded afresh)", got)
 	}

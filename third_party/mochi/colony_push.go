@@ -60,7 +60,7 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 
 	out := pk.Copy(false) // queued: the caller keeps its packet
 	if out.FixedHeader.Qos == 0 {
-		if err := s.enqueue(cl, outItem{pk: &out}, 0, &pk, 0); err != nil {
+		if err := s.enqueue(cl, outItem{pk: &out}, 0, &pk, 0, false); err != nil {
 			if err == packets.CodeDisconnect {
 				return ErrConnectionClosed
 			}
@@ -95,7 +95,7 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 		return nil
 	}
 
-	switch cl.State.outbound.push(outItem{pk: &out}, 0, nil) {
+	switch cl.State.outbound.push(outItem{pk: &out}, 0, nil, false) {
 	case pushed:
 		return nil
 	default: // the queue filled up since full() said no

@@ -1087,7 +1087,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// When it publishes a package with a qos > 0, the server treats
 	// the package as qos=0, and the client receives it as qos=1 or 2.
 	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
-		s.publishToSubscribers(pk)
+		s.publishFrom(cl, pk)
 		s.hooks.OnPublished(cl, pk)
 		return nil
 	}
@@ -1096,7 +1096,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// means the message is with every subscriber (queued, or in-flight and,
 	// in sync durability, committed to the store). Waiting here on slow
 	// subscribers is the back-pressure that slows this publisher.
-	s.publishToSubscribers(pk)
+	s.publishFrom(cl, pk)
 	s.hooks.OnPublished(cl, pk)
 
 	cl.State.Inflight.DecreaseReceiveQuota()
@@ -1178,6 +1178,19 @@ func (s *Server) publishToSubscribersNoWait(pk packets.Packet) {
 }
 
 func (s *Server) publishToSubscribersWait(pk packets.Packet, patience time.Duration) {
+	s.deliver(pk, patience, false)
+}
+
+// publishFrom publishes what cl published. COLONY PATCH P20: when cl sent
+// nothing more that was read already, the message is not part of a burst,
+// and its only delivery may be written at once (outQueue.push); in a burst
+// the subscriber's writer gathers deliveries into fewer, larger writes.
+func (s *Server) publishFrom(cl *Client, pk packets.Packet) {
+	s.deliver(pk, s.Options.Capabilities.SlowClientPatience, cl.Net.rbuf.buffered() == 0)
+}
+
+// deliver is publishToSubscribersWait; mayDirect allows P20's direct write.
+func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bool) {
 	if pk.Ignore {
 		return
 	}
@@ -1207,9 +1220,13 @@ func (s *Server) publishToSubscribersWait(pk packets.Packet, patience time.Durat
 	}
 
 	var shared sharedPublishes // COLONY PATCH P13: QoS 0 encoded once per form
+	// COLONY PATCH P20: the only delivery of a publish is written from this
+	// goroutine when its subscriber's queue is idle; more are left to their
+	// writers, which write them in parallel.
+	direct := mayDirect && len(subscribers.Subscriptions) == 1
 	for id, subs := range subscribers.Subscriptions {
 		if cl, ok := s.Clients.Get(id); ok {
-			err := s.publishToClient(cl, subs, &pk, patience, &shared)
+			err := s.publishToClient(cl, subs, &pk, patience, &shared, direct)
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(pk))
 			}
@@ -1303,7 +1320,7 @@ func (s *Server) sharedFor(pk *packets.Packet, form int, shared *sharedPublishes
 // publishToClient delivers pk to cl under its subscription sub. shared, when
 // not nil, collects the encodings of pk that subscribers can share
 // (COLONY PATCH P13).
-func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packets.Packet, patience time.Duration, shared *sharedPublishes) error {
+func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packets.Packet, patience time.Duration, shared *sharedPublishes, direct bool) error {
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return nil // [MQTT-3.8.3-3]
 	}
@@ -1323,7 +1340,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 		if form, ok := s.shareable(cl, sub, pk, retain); ok {
 			if sp := s.sharedFor(pk, form, shared); sp != nil &&
 				(cl.Properties.Props.MaximumPacketSize == 0 || uint32(len(sp.b)) <= cl.Properties.Props.MaximumPacketSize) {
-				return s.enqueue(cl, outItem{shared: sp}, 0, pk, patience)
+				return s.enqueue(cl, outItem{shared: sp}, 0, pk, patience, direct)
 			}
 		}
 	}
@@ -1391,17 +1408,18 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 		}
 	}
 
-	return s.enqueue(cl, outItem{pk: &out}, out.FixedHeader.Qos, pk, patience)
+	return s.enqueue(cl, outItem{pk: &out}, out.FixedHeader.Qos, pk, patience, direct)
 }
 
 // enqueue queues a delivery of pk (QoS qos) for cl. COLONY PATCH P1: it
-// waits for room instead of dropping (back-pressure).
-func (s *Server) enqueue(cl *Client, it outItem, qos byte, pk *packets.Packet, patience time.Duration) error {
+// waits for room instead of dropping (back-pressure). With direct (P20) it
+// may write it at once instead, from the caller's goroutine.
+func (s *Server) enqueue(cl *Client, it outItem, qos byte, pk *packets.Packet, patience time.Duration, direct bool) error {
 	if cl.Net.Conn == nil || cl.Closed() {
 		return packets.CodeDisconnect
 	}
 
-	switch cl.State.outbound.push(it, patience, cl.State.open.Done()) {
+	switch cl.State.outbound.push(it, patience, cl.State.open.Done(), direct) {
 	case pushed:
 	case closed:
 		// A QoS 1/2 message stays in-flight: the session resends it on reconnect.
@@ -1469,7 +1487,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 
 	sub.FwdRetainedFlag = true
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
-		err := s.publishToClient(cl, sub, &pkv, s.Options.Capabilities.SlowClientPatience, nil)
+		err := s.publishToClient(cl, sub, &pkv, s.Options.Capabilities.SlowClientPatience, nil, false)
 		if err != nil {
 			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", packetSummary(pkv))
 			continue

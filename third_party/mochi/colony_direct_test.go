@@ -1,0 +1,112 @@
+// Tests of Colony's direct-write patch (PATCHES.md P20). Run from the
+// repository root: go test github.com/mochi-mqtt/server/v2/...
+
+package mqtt
+
+import (
+	"bufio"
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// tcpSubscriber is subscribe over a real loopback TCP connection, whose
+// server end can be written without blocking (P20), with small socket
+// buffers so that a subscriber that does not read fills them quickly.
+func tcpSubscriber(t *testing.T, s *Server, id string, sub packets.Subscription) *testSubscriber {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close(); srv.Close() })
+	// Small enough to fill, not so small that TCP's silly-window avoidance
+	// slows the transfer to a crawl.
+	_ = srv.(*net.TCPConn).SetWriteBuffer(32 << 10)
+	_ = cli.(*net.TCPConn).SetReadBuffer(32 << 10)
+	cl := s.NewClient(srv, "test", id, false)
+	if cl.Net.raw == nil {
+		t.Skip("no non-blocking writes on this system")
+	}
+	cl.Properties.ProtocolVersion = 4
+	s.Clients.Add(cl)
+	s.Topics.Subscribe(id, sub)
+	cl.State.Subscriptions.Add(sub.Filter, sub)
+	return &testSubscriber{cl: cl, r: bufio.NewReader(cli), c: cli}
+}
+
+// TestDirectWrite delivers messages of a publisher that sends one at a
+// time (mayDirect) to a single subscriber over TCP. The first, to an idle
+// queue, is written before deliver returns, with no writer goroutine left
+// running. Then the subscriber stops reading: deliveries keep returning
+// (a direct write never blocks on a full socket: this test would hang if
+// it did), and once it reads again every message arrives once, in order.
+func TestDirectWrite(t *testing.T) {
+	for _, qos := range []byte{0, 1} {
+		s := testServer(t)
+		s.Options.Capabilities.MaximumClientWritesPending = 4096
+		s.Options.Capabilities.MaximumInflight = 4096
+		s.Options.Capabilities.SlowClientPatience = time.Hour
+		ts := tcpSubscriber(t, s, "sub", packets.Subscription{Filter: "a/#", Qos: qos})
+		ts.cl.Properties.Props.ReceiveMaximum = 4096
+		ts.cl.State.Inflight.ResetSendQuota(4096)
+
+		msg := func(seq int) packets.Packet {
+			payload := make([]byte, 1000)
+			binary.BigEndian.PutUint32(payload, uint32(seq))
+			return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+				TopicName: "a/b", Payload: payload, PacketID: uint16(seq + 1), Origin: "pub"}
+		}
+		s.deliver(msg(0), time.Hour, true)
+		if !ts.cl.State.outbound.idle() {
+			t.Fatalf("qos %d: a delivery to an idle queue left a writer running: not written directly", qos)
+		}
+		if pk := ts.next(t); binary.BigEndian.Uint32(pk.Payload) != 0 {
+			t.Fatalf("qos %d: first delivery is message %d", qos, binary.BigEndian.Uint32(pk.Payload))
+		}
+
+		// 2,000 KB against socket buffers of a few KB: most of it waits in
+		// the queue, behind a write that the socket only partly took.
+		const n = 2000
+		for seq := 1; seq <= n; seq++ {
+			s.deliver(msg(seq), time.Hour, true)
+		}
+		if ts.cl.State.outbound.len() == 0 {
+			t.Fatalf("qos %d: the socket took everything: nothing tested", qos)
+		}
+		ids := map[uint16]bool{}
+		for seq := 1; seq <= n; seq++ {
+			pk, err := ts.read(10 * time.Second)
+			if err != nil {
+				t.Fatalf("qos %d: message %d: %v", qos, seq, err)
+			}
+			if got := binary.BigEndian.Uint32(pk.Payload); int(got) != seq || len(pk.Payload) != 1000 {
+				t.Fatalf("qos %d: got message %d (%d bytes), want %d", qos, got, len(pk.Payload), seq)
+			}
+			if qos == 1 {
+				if ids[pk.PacketID] {
+					t.Fatalf("packet id %d twice", pk.PacketID)
+				}
+				ids[pk.PacketID] = true
+			}
+		}
+		if _, err := ts.read(50 * time.Millisecond); err == nil {
+			t.Fatalf("qos %d: a message more than was published", qos)
+		}
+		if ts.cl.Closed() {
+			t.Fatalf("qos %d: subscriber disconnected", qos)
+		}
+	}
+}
