@@ -213,19 +213,7 @@ func (cl *Client) WriteLoop() {}
 func (cl *Client) writeBatch(batch []outItem) {
 	for i, it := range batch {
 		cl.State.writing.Store(int32(len(batch) - i))
-		var err error
-		if it.shared != nil {
-			err = cl.writeShared(it.shared, false) // COLONY PATCH P13
-		} else {
-			err = cl.writePacket(*it.pk, false)
-		}
-		if err != nil {
-			pk := it.pk
-			if it.shared != nil {
-				pk = &it.shared.pk
-			}
-			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(*pk))
-		}
+		cl.writeItem(it, false)
 	}
 	cl.State.writing.Store(0)
 
@@ -241,15 +229,14 @@ func (cl *Client) writeBatch(batch []outItem) {
 	cl.Unlock()
 }
 
-// writeNow writes one packet taken by the caller from the outbound queue's
-// writer role, without blocking, and reports whether bytes of it were left
-// in outbuf for flushLeft. COLONY PATCH P20.
-func (cl *Client) writeNow(it outItem) (left bool) {
+// writeItem writes one queued packet (nb: without blocking, P20); a failure
+// is the connection's, which its reader sees, so it is only logged.
+func (cl *Client) writeItem(it outItem, nb bool) {
 	var err error
 	if it.shared != nil {
-		err = cl.writeShared(it.shared, true)
+		err = cl.writeShared(it.shared, nb) // COLONY PATCH P13
 	} else {
-		err = cl.writePacket(*it.pk, true)
+		err = cl.writePacket(*it.pk, nb)
 	}
 	if err != nil {
 		pk := it.pk
@@ -258,6 +245,13 @@ func (cl *Client) writeNow(it outItem) (left bool) {
 		}
 		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(*pk))
 	}
+}
+
+// writeNow writes one packet taken by the caller from the outbound queue's
+// writer role, without blocking, and reports whether bytes of it were left
+// in outbuf for flushLeft. COLONY PATCH P20.
+func (cl *Client) writeNow(it outItem) (left bool) {
+	cl.writeItem(it, true)
 	cl.Lock()
 	defer cl.Unlock()
 	return cl.Net.outbuf != nil && !cl.Closed()
