@@ -122,6 +122,7 @@ type ClientConnection struct {
 	park     atomic.Pointer[parking] // COLONY PATCH P16: set once the connection has been parked while idle
 	outbuf   *bytes.Buffer           // a buffer for writing packets
 	raw      syscall.RawConn         // COLONY PATCH P20: for writes that must not block; nil when the connection has none
+	sock     io.ReadWriter           // COLONY PATCH P21: the connection's bytes, through raw system calls where it has a raw socket
 	Remote   string                  // the remote address of the client
 	Listener string                  // listener id of the client
 	Inline   bool                    // if true, the client is the built-in 'inline' embedded client
@@ -190,11 +191,14 @@ func newClient(c net.Conn, o *ops) *Client {
 		func() { cl.State.dropWarned.Store(false) })
 
 	if c != nil {
+		raw := rawConnOf(c) // COLONY PATCH P20
+		sock := sockOf(c, raw)
 		cl.Net = ClientConnection{
 			Conn:   c,
-			rbuf:   newReadBuf(c, o.options.ClientNetReadBufferSize),
+			rbuf:   newReadBuf(c, sock, o.options.ClientNetReadBufferSize),
 			Remote: c.RemoteAddr().String(),
-			raw:    rawConnOf(c), // COLONY PATCH P20
+			raw:    raw,
+			sock:   sock,
 		}
 		if cl.Net.raw != nil {
 			cl.State.outbound.writeNow, cl.State.outbound.flush = cl.writeNow, cl.flushLeft
@@ -750,7 +754,7 @@ func (cl *Client) send(b []byte, nb bool) (int64, error) {
 	}
 	if cl.State.writing.Load() <= 1 && cl.State.outbound.len() == 0 { // COLONY PATCH P1: nothing else pending: flush now
 		if cl.Net.outbuf == nil {
-			n, err := cl.Net.Conn.Write(b)
+			n, err := cl.Net.out().Write(b)
 			return int64(n), err
 		}
 
@@ -762,7 +766,7 @@ func (cl *Client) send(b []byte, nb bool) (int64, error) {
 	// there are more writes in the queue
 	if cl.Net.outbuf == nil {
 		if len(b) >= cl.ops.options.ClientNetWriteBufferSize {
-			n, err := cl.Net.Conn.Write(b)
+			n, err := cl.Net.out().Write(b)
 			return int64(n), err
 		}
 		cl.Net.outbuf = outBuffers.Get() // COLONY PATCH P13: reused, not allocated per burst
@@ -813,12 +817,21 @@ func (cl *Client) sendNow(b []byte) (int64, error) {
 	return int64(len(b)), nil
 }
 
+// out is where the engine writes the connection's bytes: its raw socket
+// (P21) or, for connections set up by hand, the connection.
+func (cn *ClientConnection) out() io.Writer {
+	if cn.sock != nil {
+		return cn.sock
+	}
+	return cn.Conn
+}
+
 func (cl *Client) flushOutbuf() (err error) {
 	if cl.Net.outbuf == nil {
 		return
 	}
 
-	_, err = cl.Net.outbuf.WriteTo(cl.Net.Conn)
+	_, err = cl.Net.outbuf.WriteTo(cl.Net.out())
 	if err == nil {
 		outBuffers.Put(cl.Net.outbuf) // COLONY PATCH P13: an idle client keeps no buffer
 		cl.Net.outbuf = nil

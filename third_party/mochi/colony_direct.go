@@ -1,9 +1,12 @@
-// COLONY PATCH (see PATCHES.md, P20): writes that never block, so that a
-// delivery can be written from the publisher's goroutine (outQueue.push).
+// COLONY PATCH (see PATCHES.md, P20 and P21): socket I/O that never blocks a
+// thread and skips the runtime's system call bookkeeping, so that a
+// delivery can be written from the publisher's goroutine (outQueue.push) and
+// a message costs the server no thread switch it does not need.
 
 package mqtt
 
 import (
+	"io"
 	"net"
 	"syscall"
 )
@@ -29,4 +32,13 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
+}
+
+// sockOf returns what the engine reads a connection's bytes from and writes
+// them to: the raw socket when there is one (P21), else the connection.
+func sockOf(c net.Conn, rc syscall.RawConn) io.ReadWriter {
+	if rc == nil {
+		return c
+	}
+	return &rawSocket{c: c, rc: rc}
 }

@@ -105,7 +105,7 @@ func (rb *readBuf) readNow(rc syscall.RawConn) bool {
 	var n int
 	var rerr error
 	err := rc.Read(func(fd uintptr) bool {
-		n, rerr = syscall.Read(int(fd), b[rb.w:])
+		n, rerr = sysRead(fd, b[rb.w:])
 		return true
 	})
 	if err != nil || (rerr != nil && rerr != syscall.EAGAIN) {

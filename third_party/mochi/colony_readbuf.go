@@ -34,7 +34,8 @@ func readPool(size int) *sync.Pool {
 // bytes or a packet is being read; release gives it back once everything
 // received has been consumed, so an idle connection holds none.
 type readBuf struct {
-	conn net.Conn
+	conn net.Conn  // for deadlines
+	src  io.Reader // what is read: conn, or its raw socket (P21)
 	pool *sync.Pool
 	size int // of the pool's buffers
 	buf  *[]byte
@@ -42,8 +43,8 @@ type readBuf struct {
 	one  [1]byte // the first byte of a packet, read without a buffer
 }
 
-func newReadBuf(c net.Conn, size int) readBuf {
-	return readBuf{conn: c, pool: readPool(size), size: size}
+func newReadBuf(c net.Conn, src io.Reader, size int) readBuf {
+	return readBuf{conn: c, src: src, pool: readPool(size), size: size}
 }
 
 func (rb *readBuf) acquire() []byte {
@@ -103,7 +104,7 @@ func (rb *readBuf) fill() error {
 	// Some connections return no bytes and no error now and then (net.Pipe
 	// does for a zero-length write): try again, as bufio.Reader does.
 	for i := 0; i < maxEmptyReads; i++ {
-		n, err := rb.conn.Read(b[rb.w:])
+		n, err := rb.src.Read(b[rb.w:])
 		rb.w += n
 		if n > 0 {
 			return nil // an error comes back from the next read
@@ -123,7 +124,7 @@ const maxEmptyReads = 100
 // blocked between packets holds no buffer.
 func (rb *readBuf) firstByte() (byte, error) {
 	if rb.r == rb.w && rb.buf == nil {
-		if _, err := io.ReadFull(rb.conn, rb.one[:]); err != nil {
+		if _, err := io.ReadFull(rb.src, rb.one[:]); err != nil {
 			return 0, err
 		}
 		return rb.one[0], nil
@@ -152,7 +153,7 @@ func (rb *readBuf) Read(p []byte) (int, error) {
 	}
 	if rb.r == rb.w {
 		if len(p) >= rb.size {
-			return rb.conn.Read(p)
+			return rb.src.Read(p)
 		}
 		if err := rb.fill(); err != nil {
 			return 0, err

@@ -555,8 +555,8 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 			}
 
 			if !hasNext {
-				if adjacent.retainPath != "" {
-					if pk, ok := x.Retained.Get(adjacent.retainPath); ok {
+				if path := adjacent.retained(); path != "" { // COLONY PATCH P22
+					if pk, ok := x.Retained.Get(path); ok {
 						pks = append(pks, pk)
 					}
 				}
@@ -574,7 +574,7 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 			return x.scanMessages(filter, d+1, particle, pks)
 		}
 
-		if pk, ok := x.Retained.Get(particle.retainPath); ok {
+		if pk, ok := x.Retained.Get(particle.retained()); ok { // COLONY PATCH P22
 			pks = append(pks, pk)
 		}
 	}
@@ -770,6 +770,18 @@ type particle struct {
 	inlineSubscriptions *InlineSubscriptions // a map of inline subscriptions for this particle
 	retainPath          string               // path of a retained message
 	sync.Mutex                               // mutex for when making changes to the particle
+}
+
+// retained returns the particle's retainPath. COLONY PATCH P22: a scan for
+// a new subscription's retained messages read it with no lock while
+// RetainMessage wrote it under the particle's lock (a data race on a
+// string: a torn read can pair one topic's pointer with another's length).
+// Writers hold the index's root lock and the particle's lock; trim reads
+// under the root lock; scans take the particle's.
+func (n *particle) retained() string {
+	n.Lock()
+	defer n.Unlock()
+	return n.retainPath
 }
 
 // newParticle returns a pointer to a new instance of particle.
