@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -83,9 +84,14 @@ func TestDTLSPSK(t *testing.T) {
 	if err := dev.Connect(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	if got := a.Server().ClientsOf("dev1"); !slices.Equal(got, []string{"c-dev1"}) {
-		t.Fatalf("user dev1's clients: %v", got)
-	}
+	// The engine binds the user after it has sent the CONNACK
+	// (OnSessionEstablished), so the device may be told first.
+	apptest.Eventually(t, func() error {
+		if got := a.Server().ClientsOf("dev1"); !slices.Equal(got, []string{"c-dev1"}) {
+			return fmt.Errorf("user dev1's clients: %v", got)
+		}
+		return nil
+	})
 	for _, qos := range []packet.QoS{-1, 0, 1, 2} {
 		topic := "d/dev1/t"
 		if qos == -1 {

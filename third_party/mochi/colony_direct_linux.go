@@ -1,4 +1,10 @@
-// COLONY PATCH (see PATCHES.md, P21).
+//go:build linux && !race
+
+// COLONY PATCH (see PATCHES.md, P21). Race-detector builds take
+// colony_direct_syscall.go instead: the detector learns of the ordering that
+// reads and writes on sockets carry between goroutines (a test's client and
+// the server in one process) from syscall.Read and Write, which raw calls
+// would hide from it.
 
 package mqtt
 

@@ -1,7 +1,8 @@
-//go:build unix && !linux
+//go:build unix && (!linux || race)
 
 // COLONY PATCH (see PATCHES.md, P21): other Unix systems take their system
-// calls through libc or forbid raw ones (OpenBSD): the runtime's calls.
+// calls through libc or forbid raw ones (OpenBSD), and race-detector builds
+// need the race annotations of syscall.Read and Write: the runtime's calls.
 
 package mqtt
 
