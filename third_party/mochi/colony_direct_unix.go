@@ -121,5 +121,10 @@ func (s *rawSocket) opError(op string, err error) error {
 	if errno, ok := err.(syscall.Errno); ok {
 		err = os.NewSyscallError(op, errno)
 	}
-	return &net.OpError{Op: op, Net: s.c.LocalAddr().Network(), Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: err}
+	la := s.c.LocalAddr()
+	network := ""
+	if la != nil {
+		network = la.Network()
+	}
+	return &net.OpError{Op: op, Net: network, Source: la, Addr: s.c.RemoteAddr(), Err: err}
 }
