@@ -251,14 +251,23 @@ func (cl *Client) writeItem(it outItem, nb bool) {
 	}
 }
 
-// writeNow writes one packet taken by the caller from the outbound queue's
-// writer role, without blocking, and reports whether bytes of it were left
-// in outbuf for flushLeft. COLONY PATCH P20.
-func (cl *Client) writeNow(it outItem) (left bool) {
-	cl.writeItem(it, true)
-	cl.Lock()
+// writeNow writes one packet for a caller that holds the outbound queue's
+// writer role, without blocking, and reports whether it did (written) and
+// whether bytes of it were left in outbuf for flushLeft. COLONY PATCH P20.
+//
+// It does not wait for the client's lock either: whoever holds it may be
+// in a blocking write to this socket (the client's own goroutine sending a
+// PINGRESP or an ack to a client that stopped reading), and the caller is
+// a publisher that must not wait on it. Nor does it run encode or sent
+// hooks under that lock. In either case nothing is written and the queue's
+// writer goroutine writes the packet instead.
+func (cl *Client) writeNow(it outItem) (written, left bool) {
+	if cl.ops.hooks.Provides(OnPacketEncode, OnPacketSent) || !cl.TryLock() {
+		return false, false
+	}
 	defer cl.Unlock()
-	return cl.Net.outbuf != nil && !cl.Closed()
+	cl.writeItem(it, true)
+	return true, cl.Net.outbuf != nil && !cl.Closed()
 }
 
 // flushLeft writes, blocking, the bytes writeNow left. COLONY PATCH P20.
@@ -744,14 +753,15 @@ func expiryInterval(expiry int64) uint32 {
 // send writes the bytes of one encoded packet: at once when nothing else is
 // waiting to be written, else gathered with the packets that follow, up to
 // ClientNetWriteBufferSize, so that a burst costs few system calls. With nb
-// (COLONY PATCH P20) it writes at once without blocking, and leaves in
-// outbuf what the socket does not take.
+// (COLONY PATCH P20) the caller (writeNow) holds the client's lock, and it
+// writes at once without blocking, leaving in outbuf what the socket does
+// not take.
 func (cl *Client) send(b []byte, nb bool) (int64, error) {
-	cl.Lock()
-	defer cl.Unlock()
 	if nb {
 		return cl.sendNow(b)
 	}
+	cl.Lock()
+	defer cl.Unlock()
 	if cl.State.writing.Load() <= 1 && cl.State.outbound.len() == 0 { // COLONY PATCH P1: nothing else pending: flush now
 		if cl.Net.outbuf == nil {
 			n, err := cl.Net.out().Write(b)

@@ -1,10 +1,11 @@
-//go:build linux && !race
+//go:build linux && !race && !msan && !asan
 
 // COLONY PATCH (see PATCHES.md, P21). Race-detector builds take
 // colony_direct_syscall.go instead: the detector learns of the ordering that
 // reads and writes on sockets carry between goroutines (a test's client and
 // the server in one process) from syscall.Read and Write, which raw calls
-// would hide from it.
+// would hide from it; so do memory- and address-sanitizer builds, which learn
+// from them which bytes the kernel wrote.
 
 package mqtt
 

@@ -1,4 +1,4 @@
-//go:build unix && (!linux || race)
+//go:build unix && (!linux || race || msan || asan)
 
 // COLONY PATCH (see PATCHES.md, P21): other Unix systems take their system
 // calls through libc or forbid raw ones (OpenBSD), and race-detector builds

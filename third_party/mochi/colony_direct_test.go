@@ -110,3 +110,40 @@ func TestDirectWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectWriteNeverWaitsForTheClientLock: the subscriber's own goroutine
+// is stuck in a blocking write to it (a large packet to a client that
+// stopped reading), holding the client's lock. A delivery that may be
+// written directly must not wait for that lock: it is queued behind the
+// write instead, and arrives after it once the client reads again.
+func TestDirectWriteNeverWaitsForTheClientLock(t *testing.T) {
+	s := testServer(t)
+	s.Options.Capabilities.SlowClientPatience = time.Hour
+	ts := tcpSubscriber(t, s, "sub", packets.Subscription{Filter: "a/#"})
+
+	big := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/big", Payload: make([]byte, 8<<20)}
+	blocked := make(chan error, 1)
+	go func() { blocked <- ts.cl.WritePacket(big) }()
+	// Wait until that write holds the lock (it cannot finish: nobody reads).
+	for ts.cl.TryLock() {
+		ts.cl.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+
+	s.deliver(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b", Payload: []byte("small"), Origin: "pub"}, time.Hour, true)
+	// Reaching this line is the test: a direct write that waited for the
+	// lock would still be blocked.
+	if ts.cl.State.outbound.idle() {
+		t.Fatal("the delivery was neither written nor queued")
+	}
+
+	if pk, err := ts.read(10 * time.Second); err != nil || pk.TopicName != "a/big" || len(pk.Payload) != 8<<20 {
+		t.Fatalf("first packet: %v %q (%d bytes), want the large one", err, pk.TopicName, len(pk.Payload))
+	}
+	if err := <-blocked; err != nil {
+		t.Fatalf("large write: %v", err)
+	}
+	if pk, err := ts.read(10 * time.Second); err != nil || pk.TopicName != "a/b" || string(pk.Payload) != "small" {
+		t.Fatalf("second packet: %v %q %q, want the delivery", err, pk.TopicName, pk.Payload)
+	}
+}

@@ -28,10 +28,11 @@ type outQueue struct {
 	space   chan struct{} // closed when room frees up; nil while nobody waits
 	write   func([]outItem)
 	drained func() // called each time the writer empties the queue
-	// COLONY PATCH P20: writeNow writes one packet without blocking and
-	// reports whether bytes of it are left for flush, which writes them
-	// blocking; nil when the connection cannot be written without blocking.
-	writeNow func(outItem) (left bool)
+	// COLONY PATCH P20: writeNow writes one packet without blocking, or
+	// reports that it could not (written false), and whether bytes of it
+	// are left for flush, which writes them blocking; nil when the
+	// connection cannot be written without blocking.
+	writeNow func(outItem) (written, left bool)
 	flush    func()
 	// COLONY PATCH P19: progress, so pushes that never wait can tell a
 	// queue that stays full from one that is merely busy.
@@ -138,7 +139,8 @@ func (q *outQueue) push(it outItem, patience time.Duration, done <-chan struct{}
 // role (running), and hands the role to a writer goroutine if bytes or
 // packets are left. COLONY PATCH P20.
 func (q *outQueue) pushNow(it outItem) {
-	if q.writeNow(it) {
+	written, left := q.writeNow(it)
+	if left {
 		go func() {
 			q.flush()
 			q.run()
@@ -146,6 +148,13 @@ func (q *outQueue) pushNow(it outItem) {
 		return
 	}
 	q.mu.Lock()
+	if !written {
+		// First in line: whatever others queued meanwhile came after it. The
+		// queue may hold one more than its limit for as long as that lasts.
+		q.items = append(q.items, outItem{})
+		copy(q.items[1:], q.items)
+		q.items[0] = it
+	}
 	if len(q.items) > 0 {
 		q.mu.Unlock()
 		go q.run()
