@@ -6,6 +6,7 @@ package mqtt
 import (
 	"bufio"
 	"encoding/binary"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -145,5 +146,31 @@ func TestDirectWriteNeverWaitsForTheClientLock(t *testing.T) {
 	}
 	if pk, err := ts.read(10 * time.Second); err != nil || pk.TopicName != "a/b" || string(pk.Payload) != "small" {
 		t.Fatalf("second packet: %v %q %q, want the delivery", err, pk.TopicName, pk.Payload)
+	}
+}
+
+// TestHeldQueueWritesAfterConnack: while a connecting client's queue is
+// held (P23), a delivery, even one that could be written directly, waits;
+// what the server writes meanwhile (the CONNACK, here a PINGRESP standing
+// in for it) goes first, and the delivery follows on release.
+func TestHeldQueueWritesAfterConnack(t *testing.T) {
+	s := testServer(t)
+	ts := tcpSubscriber(t, s, "sub", packets.Subscription{Filter: "a/#"})
+	ts.cl.State.outbound.hold()
+	s.deliver(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b", Payload: []byte("x"), Origin: "pub"}, time.Hour, true)
+	if n := ts.cl.State.outbound.len(); n != 1 {
+		t.Fatalf("%d packets queued while held, want 1", n)
+	}
+	if err := ts.cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}); err != nil {
+		t.Fatal(err)
+	}
+	ts.cl.State.outbound.release()
+	_ = ts.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	first := make([]byte, 2)
+	if _, err := io.ReadFull(ts.r, first); err != nil || first[0] != packets.Pingresp<<4 || first[1] != 0 {
+		t.Fatalf("first bytes % x, %v: want the packet written while held", first, err)
+	}
+	if pk := ts.next(t); pk.TopicName != "a/b" {
+		t.Fatalf("then %q, want the delivery", pk.TopicName)
 	}
 }

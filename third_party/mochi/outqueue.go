@@ -25,6 +25,7 @@ type outQueue struct {
 	spare   []outItem // the slice handed back by the writer, reused
 	limit   int
 	running bool          // a writer goroutine is active
+	held    bool          // COLONY PATCH P23: nothing is written until release
 	space   chan struct{} // closed when room frees up; nil while nobody waits
 	write   func([]outItem)
 	drained func() // called each time the writer empties the queue
@@ -97,7 +98,7 @@ func (q *outQueue) push(it outItem, patience time.Duration, done <-chan struct{}
 	}()
 	for {
 		q.mu.Lock()
-		if direct && q.writeNow != nil && len(q.items) == 0 && !q.running {
+		if direct && q.writeNow != nil && len(q.items) == 0 && !q.running && !q.held {
 			q.running = true // the caller is the writer until it returns
 			q.mu.Unlock()
 			q.pushNow(it)
@@ -105,8 +106,10 @@ func (q *outQueue) push(it outItem, patience time.Duration, done <-chan struct{}
 		}
 		if len(q.items) < q.limit {
 			q.items = append(q.items, it)
-			start := !q.running
-			q.running = true
+			start := !q.running && !q.held
+			if start {
+				q.running = true
+			}
 			q.mu.Unlock()
 			if start {
 				go q.run()
@@ -165,6 +168,29 @@ func (q *outQueue) pushNow(it outItem) {
 		q.drained()
 	}
 	q.mu.Unlock()
+}
+
+// hold stops the queue from writing: packets pushed meanwhile wait, and
+// none is written directly, until release. COLONY PATCH P23: a connecting
+// client is in the server's client list, and so gets deliveries, a moment
+// before its CONNACK is written; they must not go out before it.
+func (q *outQueue) hold() {
+	q.mu.Lock()
+	q.held = true
+	q.mu.Unlock()
+}
+
+// release ends a hold and starts a writer for what waited. COLONY PATCH P23.
+func (q *outQueue) release() {
+	q.mu.Lock()
+	q.held = false
+	if len(q.items) == 0 || q.running {
+		q.mu.Unlock()
+		return
+	}
+	q.running = true
+	q.mu.Unlock()
+	go q.run()
 }
 
 // take returns everything queued and empties the queue, waking publishers

@@ -512,6 +512,11 @@ func (s *Server) connectClient(cl *Client, listener string) error {
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
+	// COLONY PATCH P23: deliveries that find the client from here on wait
+	// until its CONNACK (and any resent in-flight messages) went first.
+	cl.State.outbound.hold()
+	defer cl.State.outbound.release()
+
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
 
