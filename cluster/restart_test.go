@@ -63,22 +63,6 @@ func brokerUp() bool {
 // the nodes retry with a backoff of up to 5 s, on a shared machine.
 const restartWait = 90 * time.Second
 
-// eventually retries f until it succeeds or wait runs out.
-func eventually(t *testing.T, wait time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // callFar calls module far (on node a) from node b's module code, with a
 // deadline far above anything a working or failing-fast call takes.
 func callFar(b *app.App) (*pong, error) {
@@ -121,7 +105,7 @@ func traffic(t *testing.T, pub pahov3.Client, in *inbox, topic string, count int
 	for i := range count {
 		publish(t, pub, topic, 1, false, fmt.Sprint(i))
 	}
-	eventually(t, apptest.Wait, func() error {
+	apptest.Eventually(t, func() error {
 		if n := in.count(topic) - before; n != count {
 			return fmt.Errorf("%d of %d messages on %s arrived", n, count, topic)
 		}
@@ -177,7 +161,7 @@ func TestBrokerRestart(t *testing.T) {
 		}()
 	}
 
-	eventually(t, apptest.Wait, func() error {
+	apptest.Eventually(t, func() error {
 		if !b.Cluster().Serves("far") {
 			return errors.New("node b does not see module far on node a")
 		}
@@ -189,7 +173,7 @@ func TestBrokerRestart(t *testing.T) {
 		in  *inbox
 		to  string
 	}{{pubB, inA, "x/from-b/probe"}, {pubA, inB, "x/from-a/probe"}} {
-		eventually(t, apptest.Wait, func() error {
+		apptest.Eventually(t, func() error {
 			publish(t, d.pub, d.to, 1, false, "probe")
 			if d.in.count(d.to) == 0 {
 				return fmt.Errorf("nothing on %s yet", d.to)
@@ -291,7 +275,7 @@ func TestBrokerRestart(t *testing.T) {
 	}
 
 	// Down: both nodes notice.
-	eventually(t, apptest.Wait, func() error {
+	apptest.Eventually(t, func() error {
 		for _, n := range []*app.App{a, b} {
 			if n.Federation().Connected() || n.Cluster().Connected() {
 				return fmt.Errorf("node %s still counts as connected", n.Config().Node.ID)
@@ -332,7 +316,7 @@ func TestBrokerRestart(t *testing.T) {
 
 	// Back: both nodes reconnect by themselves and rebuild their queues,
 	// bindings and RPC topology.
-	eventually(t, restartWait, func() error {
+	apptest.EventuallyWithin(t, restartWait, func() error {
 		for _, n := range []*app.App{a, b} {
 			if !n.Federation().Connected() || !n.Cluster().Connected() {
 				return fmt.Errorf("node %s not reconnected", n.Config().Node.ID)
@@ -346,7 +330,7 @@ func TestBrokerRestart(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, restartWait, func() error {
+	apptest.EventuallyWithin(t, restartWait, func() error {
 		if _, err := callFar(b); err != nil {
 			return fmt.Errorf("cross-node call after the restart: %w", err)
 		}
@@ -357,7 +341,7 @@ func TestBrokerRestart(t *testing.T) {
 		in  *inbox
 		to  string
 	}{{pubB, inA, "x/from-b/probe-after"}, {pubA, inB, "x/from-a/probe-after"}} {
-		eventually(t, restartWait, func() error {
+		apptest.EventuallyWithin(t, restartWait, func() error {
 			publish(t, d.pub, d.to, 1, false, "probe")
 			if d.in.count(d.to) == 0 {
 				return fmt.Errorf("nothing on %s yet", d.to)
@@ -384,7 +368,7 @@ func TestBrokerRestart(t *testing.T) {
 		topic string
 	}{{inA, "local/a/bg"}, {inB, "local/b/bg"}} {
 		sent := int(localSent[i].Load())
-		eventually(t, apptest.Wait, func() error {
+		apptest.Eventually(t, func() error {
 			if got := l.in.count(l.topic); got != sent {
 				return fmt.Errorf("%d of %d background publishes on %s delivered", got, sent, l.topic)
 			}

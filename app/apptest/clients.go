@@ -147,7 +147,14 @@ func Ctx(t *testing.T) context.Context {
 // Eventually retries f until it succeeds or the Wait runs out.
 func Eventually(t *testing.T, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(Wait)
+	EventuallyWithin(t, Wait, f)
+}
+
+// EventuallyWithin is Eventually with a wait of its own, for what takes
+// longer than Wait (reconnecting after a broker restart).
+func EventuallyWithin(t *testing.T, wait time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
 	for {
 		err := f()
 		if err == nil {

@@ -13,7 +13,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/xid"
@@ -121,8 +120,7 @@ type ClientConnection struct {
 	rbuf     readBuf                 // COLONY PATCH P17: buffers what the client sends, from a pool while there is something to read
 	park     atomic.Pointer[parking] // COLONY PATCH P16: set once the connection has been parked while idle
 	outbuf   *bytes.Buffer           // a buffer for writing packets
-	raw      syscall.RawConn         // COLONY PATCH P20: for writes that must not block; nil when the connection has none
-	sock     io.ReadWriter           // COLONY PATCH P21: the connection's bytes, through raw system calls where it has a raw socket
+	sock     io.ReadWriter           // COLONY PATCH P20/P21: the connection's bytes; a *rawSocket (non-blocking writes, raw system calls) where it is a plain socket
 	Remote   string                  // the remote address of the client
 	Listener string                  // listener id of the client
 	Inline   bool                    // if true, the client is the built-in 'inline' embedded client
@@ -191,16 +189,14 @@ func newClient(c net.Conn, o *ops) *Client {
 		func() { cl.State.dropWarned.Store(false) })
 
 	if c != nil {
-		raw := rawConnOf(c) // COLONY PATCH P20
-		sock := sockOf(c, raw)
+		sock := sockOf(c) // COLONY PATCH P20/P21
 		cl.Net = ClientConnection{
 			Conn:   c,
 			rbuf:   newReadBuf(c, sock, o.options.ClientNetReadBufferSize),
 			Remote: c.RemoteAddr().String(),
-			raw:    raw,
 			sock:   sock,
 		}
-		if cl.Net.raw != nil {
+		if _, ok := sock.(*rawSocket); ok {
 			cl.State.outbound.writeNow, cl.State.outbound.flush = cl.writeNow, cl.flushLeft
 		}
 	}
@@ -803,8 +799,9 @@ var (
 // takes without blocking, and keeps the rest in outbuf. The caller holds
 // the client's lock. COLONY PATCH P20.
 func (cl *Client) sendNow(b []byte) (int64, error) {
+	rs := cl.Net.sock.(*rawSocket) // writeNow is set only for these
 	if cl.Net.outbuf == nil {
-		n, err := writeNonblocking(cl.Net.raw, b)
+		n, err := rs.WriteNow(b)
 		if err != nil {
 			return int64(n), err
 		}
@@ -815,7 +812,7 @@ func (cl *Client) sendNow(b []byte) (int64, error) {
 		return int64(len(b)), nil
 	}
 	cl.Net.outbuf.Write(b)
-	n, err := writeNonblocking(cl.Net.raw, cl.Net.outbuf.Bytes())
+	n, err := rs.WriteNow(cl.Net.outbuf.Bytes())
 	cl.Net.outbuf.Next(n)
 	if err != nil {
 		return 0, err

@@ -11,12 +11,12 @@ import (
 	"syscall"
 )
 
-// rawConnOf returns the raw connection of a plain TCP or Unix socket, which
-// writeNonblocking can write, or nil: TLS and WebSocket connections frame
-// their bytes and are written by the queue's writer goroutine only.
-func rawConnOf(c net.Conn) syscall.RawConn {
-	if !nonblockingWrites {
-		return nil
+// sockOf returns what the engine reads a connection's bytes from and writes
+// them to: a *rawSocket for a plain TCP or Unix socket on systems that have
+// one, else the connection itself (TLS and WebSocket frame their bytes).
+func sockOf(c net.Conn) io.ReadWriter {
+	if !rawSockets {
+		return c
 	}
 	var sc syscall.Conn
 	switch c := c.(type) {
@@ -25,20 +25,19 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 	case *net.UnixConn:
 		sc = c
 	default:
-		return nil
+		return c
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return nil
-	}
-	return rc
-}
-
-// sockOf returns what the engine reads a connection's bytes from and writes
-// them to: the raw socket when there is one (P21), else the connection.
-func sockOf(c net.Conn, rc syscall.RawConn) io.ReadWriter {
-	if rc == nil {
 		return c
 	}
 	return &rawSocket{c: c, rc: rc}
+}
+
+// rawConn returns the raw connection of a client's plain socket, or nil.
+func (cn *ClientConnection) rawConn() syscall.RawConn {
+	if rs, ok := cn.sock.(*rawSocket); ok {
+		return rs.rc
+	}
+	return nil
 }

@@ -11,18 +11,15 @@ import (
 	"syscall"
 )
 
-const nonblockingWrites = false
+const rawSockets = false
 
-func writeNonblocking(syscall.RawConn, []byte) (int, error) {
-	return 0, errors.ErrUnsupported
-}
-
-// rawSocket is never made here (rawConnOf returns nil); it exists so that
-// sockOf compiles.
+// rawSocket is never made here (sockOf returns the connection); it exists
+// so that the code using it compiles.
 type rawSocket struct {
 	c  net.Conn
 	rc syscall.RawConn
 }
 
-func (s *rawSocket) Read(p []byte) (int, error)  { return s.c.Read(p) }
-func (s *rawSocket) Write(p []byte) (int, error) { return s.c.Write(p) }
+func (s *rawSocket) Read(p []byte) (int, error)   { return s.c.Read(p) }
+func (s *rawSocket) Write(p []byte) (int, error)  { return s.c.Write(p) }
+func (s *rawSocket) WriteNow([]byte) (int, error) { return 0, errors.ErrUnsupported }

@@ -38,7 +38,7 @@ func tcpSubscriber(t *testing.T, s *Server, id string, sub packets.Subscription)
 	_ = srv.(*net.TCPConn).SetWriteBuffer(32 << 10)
 	_ = cli.(*net.TCPConn).SetReadBuffer(32 << 10)
 	cl := s.NewClient(srv, "test", id, false)
-	if cl.Net.raw == nil {
+	if cl.Net.rawConn() == nil {
 		t.Skip("no non-blocking writes on this system")
 	}
 	cl.Properties.ProtocolVersion = 4

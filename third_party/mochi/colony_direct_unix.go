@@ -12,35 +12,7 @@ import (
 	"syscall"
 )
 
-const nonblockingWrites = true
-
-// writeNonblocking writes as much of b as the socket takes now (Go's
-// sockets are non-blocking underneath) and returns how much that was;
-// EAGAIN is not an error. P20.
-func writeNonblocking(rc syscall.RawConn, b []byte) (int, error) {
-	var n int
-	var werr error
-	err := rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			m, err := sysWrite(fd, b[n:])
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil {
-				if err != syscall.EAGAIN {
-					werr = err
-				}
-				break
-			}
-			n += m
-		}
-		return true // done: never wait for the socket to become writable
-	})
-	if err == nil {
-		err = werr
-	}
-	return n, err
-}
+const rawSockets = true
 
 // rawSocket reads and writes a plain socket as net.Conn does, waiting in the
 // runtime's poller when it has to (deadlines included), but with sysRead and
@@ -84,6 +56,16 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 
 // Write writes all of p, waiting for room in the socket when it has none.
 func (s *rawSocket) Write(p []byte) (int, error) {
+	return s.write(p, true)
+}
+
+// WriteNow writes as much of p as the socket takes now and returns how much
+// that was; a full socket is not an error. P20.
+func (s *rawSocket) WriteNow(p []byte) (int, error) {
+	return s.write(p, false)
+}
+
+func (s *rawSocket) write(p []byte, wait bool) (int, error) {
 	var n int
 	var werr error
 	err := s.rc.Write(func(fd uintptr) bool {
@@ -94,7 +76,7 @@ func (s *rawSocket) Write(p []byte) (int, error) {
 				n += m
 			case syscall.EINTR:
 			case syscall.EAGAIN:
-				return false // wait until writable, then go on
+				return !wait // with wait: until writable, then go on
 			default:
 				werr = err
 				return true

@@ -83,20 +83,8 @@ func (s *Server) parkingFor(cl *Client, spawn SpawnFn) *parking {
 	if p := cl.Net.park.Load(); p != nil {
 		return p
 	}
-	var sc syscall.Conn
-	switch c := cl.Net.Conn.(type) {
-	case *net.TCPConn:
-		sc = c
-	case *net.UnixConn:
-		sc = c
-	default:
-		return nil
-	}
-	if !pollerAvailable() {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := cl.Net.rawConn() // a plain TCP or Unix socket
+	if rc == nil || !pollerAvailable() {
 		return nil
 	}
 	p := &parking{cl: cl, srv: s, token: parkTokens.Add(1), rc: rc, spawn: spawn}

@@ -33,7 +33,7 @@ func TestRawSocketBehavesAsConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	s := sockOf(c, rawConnOf(c))
+	s := sockOf(c)
 	if _, ok := s.(*rawSocket); !ok {
 		t.Fatalf("a TCP connection got %T, not a raw socket", s)
 	}

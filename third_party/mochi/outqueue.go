@@ -9,6 +9,7 @@
 package mqtt
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -154,9 +155,7 @@ func (q *outQueue) pushNow(it outItem) {
 	if !written {
 		// First in line: whatever others queued meanwhile came after it. The
 		// queue may hold one more than its limit for as long as that lasts.
-		q.items = append(q.items, outItem{})
-		copy(q.items[1:], q.items)
-		q.items[0] = it
+		q.items = slices.Insert(q.items, 0, it)
 	}
 	if len(q.items) > 0 {
 		q.mu.Unlock()
