@@ -46,19 +46,39 @@ func rawPublish0(topic string, payload []byte) []byte {
 // one publish (ten deliveries). The clients only copy bytes, so the time
 // and allocations are mostly the server's.
 func BenchmarkFanOutQoS0(b *testing.B) {
-	const subs = 10
-	a := apptest.Run(b, apptest.Config(b))
+	benchDeliveries(b, 1, 10, func(int) string { return "bench/fanout" }, "bench/fanout")
+}
+
+// BenchmarkFanInQoS0 is issue 4's fan-in at QoS 0: four raw publishers, each
+// on its own topic, flood one subscriber on a wildcard. One op is one
+// publish (one delivery); allocs/op is the server's garbage per message.
+func BenchmarkFanInQoS0(b *testing.B) {
+	benchDeliveries(b, 4, 1, func(i int) string { return fmt.Sprintf("bench/fanin/%d", i) }, "bench/fanin/+")
+}
+
+// benchDeliveries runs b.N QoS 0 publishes of 64 bytes, spread over pubs
+// publishers (publisher i on topic(i)), to subs subscribers of filter, and
+// waits until every delivery has arrived. The publish rate limit is off: it
+// is what would be measured otherwise.
+func benchDeliveries(b *testing.B, pubs, subs int, topic func(int) string, filter string) {
+	cfg := apptest.Config(b)
+	cfg.Limits.PublishRate = -1
+	a := apptest.Run(b, cfg)
 	addr := a.Addr("mqtt")
-	topic := "bench/fanout"
-	msg := rawPublish0(topic, make([]byte, 64))
 
 	var received atomic.Int64 // bytes received by all subscribers
 	var wg sync.WaitGroup
-	conns := make([]net.Conn, 0, subs+1)
+	conns := make([]net.Conn, 0, subs+pubs)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}()
 	for i := range subs {
-		c := rawConnect(b, addr, fmt.Sprintf("fsub%d", i))
+		c := rawConnect(b, addr, fmt.Sprintf("bsub%d", i))
 		conns = append(conns, c)
-		sub := append([]byte{0x82, byte(5 + len(topic)), 0, 1, 0, byte(len(topic))}, topic...)
+		sub := append([]byte{0x82, byte(5 + len(filter)), 0, 1, 0, byte(len(filter))}, filter...)
 		sub = append(sub, 0)
 		if _, err := c.Write(sub); err != nil {
 			b.Fatal(err)
@@ -78,29 +98,50 @@ func BenchmarkFanOutQoS0(b *testing.B) {
 			}
 		})
 	}
-	pub := rawConnect(b, addr, "fpub")
-	conns = append(conns, pub)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
+	msgs := make([][]byte, pubs)
+	writers := make([]*bufio.Writer, pubs)
+	for i := range pubs {
+		c := rawConnect(b, addr, fmt.Sprintf("bpub%d", i))
+		conns = append(conns, c)
+		msgs[i] = rawPublish0(topic(i), make([]byte, 64))
+		writers[i] = bufio.NewWriterSize(c, 32<<10)
+	}
+	share := func(i int) int { // publisher i's part of b.N
+		if i < b.N%pubs {
+			return b.N/pubs + 1
 		}
-		wg.Wait()
-	}()
-	w := bufio.NewWriterSize(pub, 32<<10)
+		return b.N / pubs
+	}
+	var want int64 // bytes all subscribers will have received
+	for i := range pubs {
+		want += int64(share(i)) * int64(len(msgs[i])) * int64(subs)
+	}
 
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
 	base := received.Load()
-	for range b.N {
-		if _, err := w.Write(msg); err != nil {
-			b.Fatal(err)
-		}
+	var pw sync.WaitGroup
+	errs := make(chan error, pubs)
+	for i := range pubs {
+		pw.Go(func() {
+			for range share(i) {
+				if _, err := writers[i].Write(msgs[i]); err != nil {
+					errs <- err
+					return
+				}
+			}
+			if err := writers[i].Flush(); err != nil {
+				errs <- err
+			}
+		})
 	}
-	if err := w.Flush(); err != nil {
+	pw.Wait()
+	close(errs)
+	for err := range errs {
 		b.Fatal(err)
 	}
-	want := base + int64(b.N)*int64(len(msg))*subs
+	want += base
 	deadline := time.Now().Add(30 * time.Second)
 	for received.Load() < want {
 		if time.Now().After(deadline) {
@@ -110,4 +151,175 @@ func BenchmarkFanOutQoS0(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*subs)/time.Since(start).Seconds(), "deliveries/s")
+}
+
+// BenchmarkFanInQoS1 is issue 4's fan-in at QoS 1: four raw publishers, each
+// keeping at most 1,024 publishes unacknowledged (as colony bench does),
+// flood one subscriber on a wildcard, which acknowledges every delivery.
+// One op is one publish, acknowledged to its publisher and delivered.
+func BenchmarkFanInQoS1(b *testing.B) {
+	const pubs, window = 4, 1024
+	cfg := apptest.Config(b)
+	cfg.Limits.PublishRate = -1
+	a := apptest.Run(b, cfg)
+	addr := a.Addr("mqtt")
+
+	var delivered atomic.Int64
+	var wg sync.WaitGroup
+	conns := make([]net.Conn, 0, 1+pubs)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}()
+	sub := rawConnect(b, addr, "bsub")
+	conns = append(conns, sub)
+	filter := "bench/fanin/+"
+	pk := append([]byte{0x82, byte(5 + len(filter)), 0, 1, 0, byte(len(filter))}, filter...)
+	if _, err := sub.Write(append(pk, 1)); err != nil {
+		b.Fatal(err)
+	}
+	suback := make([]byte, 5)
+	if _, err := io.ReadFull(sub, suback); err != nil || suback[0] != 0x90 || suback[4] != 1 {
+		b.Fatalf("suback %x: %v", suback, err)
+	}
+	wg.Go(func() { // acknowledges every QoS 1 PUBLISH
+		r := bufio.NewReaderSize(sub, 64<<10)
+		w := bufio.NewWriterSize(sub, 8<<10)
+		var body []byte
+		for {
+			typ, got, err := readRawPacket(r, body)
+			body = got
+			if err != nil {
+				return
+			}
+			if typ&0xf6 == 0x32 { // PUBLISH, QoS 1
+				tl := int(body[0])<<8 | int(body[1])
+				w.Write([]byte{0x40, 2, body[2+tl], body[3+tl]})
+				delivered.Add(1)
+			}
+			if r.Buffered() == 0 {
+				if w.Flush() != nil {
+					return
+				}
+			}
+		}
+	})
+
+	type publisher struct {
+		w     *bufio.Writer
+		msg   []byte
+		idAt  int           // where msg's packet id is
+		acks  chan struct{} // one token per publish in flight
+		acked sync.WaitGroup
+	}
+	ps := make([]*publisher, pubs)
+	for i := range pubs {
+		c := rawConnect(b, addr, fmt.Sprintf("bpub%d", i))
+		conns = append(conns, c)
+		topic := fmt.Sprintf("bench/fanin/%d", i)
+		msg := []byte{0x32, byte(2 + len(topic) + 2 + 64), 0, byte(len(topic))}
+		msg = append(msg, topic...)
+		p := &publisher{w: bufio.NewWriterSize(c, 32<<10), idAt: len(msg), acks: make(chan struct{}, window)}
+		p.msg = append(append(msg, 0, 0), make([]byte, 64)...) // the packet id is set per publish
+		ps[i] = p
+		wg.Go(func() { // takes a token back for every PUBACK
+			r := bufio.NewReaderSize(c, 16<<10)
+			var body []byte
+			for {
+				typ, got, err := readRawPacket(r, body)
+				body = got
+				if err != nil {
+					return
+				}
+				if typ == 0x40 {
+					<-p.acks
+					p.acked.Done()
+				}
+			}
+		})
+	}
+	share := func(i int) int {
+		if i < b.N%pubs {
+			return b.N/pubs + 1
+		}
+		return b.N / pubs
+	}
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	base := delivered.Load()
+	var pw sync.WaitGroup
+	errs := make(chan error, pubs)
+	for i, p := range ps {
+		pw.Go(func() {
+			for n := range share(i) {
+				select {
+				case p.acks <- struct{}{}:
+				default: // window full: send what is gathered, then wait
+					if err := p.w.Flush(); err != nil {
+						errs <- err
+						return
+					}
+					p.acks <- struct{}{}
+				}
+				p.acked.Add(1)
+				id := n%65535 + 1
+				p.msg[p.idAt], p.msg[p.idAt+1] = byte(id>>8), byte(id)
+				if _, err := p.w.Write(p.msg); err != nil {
+					errs <- err
+					return
+				}
+			}
+			if err := p.w.Flush(); err != nil {
+				errs <- err
+			}
+		})
+	}
+	pw.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	for _, p := range ps {
+		p.acked.Wait()
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for delivered.Load()-base < int64(b.N) {
+		if time.Now().After(deadline) {
+			b.Fatalf("delivered %d of %d", delivered.Load()-base, b.N)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
+}
+
+// readRawPacket reads one MQTT packet: its first byte and its body, into
+// buf when it is large enough.
+func readRawPacket(r *bufio.Reader, buf []byte) (byte, []byte, error) {
+	typ, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, shift := 0, 0
+	for {
+		c, err := r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n |= int(c&0x7f) << shift
+		if c&0x80 == 0 {
+			break
+		}
+		shift += 7
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	body := buf[:n]
+	_, err = io.ReadFull(r, body)
+	return typ, body, err
 }

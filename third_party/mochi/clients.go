@@ -239,11 +239,13 @@ func (cl *Client) writeItem(it outItem, nb bool) {
 		err = cl.writePacket(*it.pk, nb)
 	}
 	if err != nil {
-		pk := it.pk
+		summary := ""
 		if it.shared != nil {
-			pk = &it.shared.pk
+			summary = it.shared.summary()
+		} else {
+			summary = packetSummary(*it.pk)
 		}
-		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(*pk))
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", summary)
 	}
 }
 
@@ -413,6 +415,7 @@ func (cl *Client) ClearInflights() {
 			atomic.AddInt64(&cl.ops.info.Inflight, -1)
 		}
 	}
+	cl.State.Inflight.dropInbound(0) // COLONY PATCH P25
 }
 
 // ClearExpiredInflights deletes any inflight messages which have expired.
@@ -431,6 +434,11 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
 				deleted = append(deleted, tk.PacketID)
 			}
+		}
+	}
+	if maximumExpiry > 0 { // COLONY PATCH P25: a PUBREL that never came
+		for n := cl.State.Inflight.dropInbound(now - maximumExpiry); n > 0; n-- {
+			cl.State.Inflight.IncreaseReceiveQuota()
 		}
 	}
 
@@ -725,8 +733,8 @@ func (cl *Client) writeShared(sp *sharedPublish, nb bool) error {
 		return nil
 	}
 
-	if sp.pk.Expiry > 0 && sp.pk.ProtocolVersion == 5 && sp.interval != expiryInterval(sp.pk.Expiry) {
-		return cl.writePacket(sp.pk, nb)
+	if sp.pk != nil && sp.interval != expiryInterval(sp.pk.Expiry) { // P24: pk is kept for MQTT 5 expiry only
+		return cl.writePacket(*sp.pk, nb)
 	}
 
 	n, err := cl.send(sp.b, nb)

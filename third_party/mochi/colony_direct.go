@@ -31,7 +31,7 @@ func sockOf(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	return &rawSocket{c: c, rc: rc}
+	return newRawSocket(c, rc)
 }
 
 // rawConn returns the raw connection of a client's plain socket, or nil.

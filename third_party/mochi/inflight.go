@@ -5,6 +5,7 @@
 package mqtt
 
 import (
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -15,13 +16,20 @@ import (
 // Inflight is a map of InflightMessage keyed on packet id.
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint16]packets.Packet // internal contains the inflight packets
-	order               map[uint16]uint64         // COLONY PATCH P11: insertion sequence per packet id
-	seq                 uint64                    // COLONY PATCH P11: last sequence given out
-	receiveQuota        int32                     // remaining inbound qos quota for flow control
-	sendQuota           int32                     // remaining outbound qos quota for flow control
-	maximumReceiveQuota int32                     // maximum allowed receive quota
-	maximumSendQuota    int32                     // maximum allowed send quota
+	internal map[uint16]*packets.Packet // internal contains the inflight packets; COLONY PATCH P24: by pointer, never changed in place
+	order    map[uint16]uint64          // COLONY PATCH P11: insertion sequence per packet id
+	seq      uint64                     // COLONY PATCH P11: last sequence given out
+	// COLONY PATCH P25: the client's own QoS 2 publishes acknowledged with
+	// a PUBREC and waiting for their PUBREL, by the client's packet id.
+	// Packet ids are per direction, and the client's are not the server's:
+	// upstream kept both in internal, so a client's publish, subscribe or
+	// unsubscribe with the id of a message in flight to it replaced,
+	// deleted or was refused because of that message.
+	inbound             map[uint16]packets.Packet
+	receiveQuota        int32 // remaining inbound qos quota for flow control
+	sendQuota           int32 // remaining outbound qos quota for flow control
+	maximumReceiveQuota int32 // maximum allowed receive quota
+	maximumSendQuota    int32 // maximum allowed send quota
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -33,11 +41,20 @@ func NewInflights() *Inflight {
 
 // Set adds or updates an inflight packet by packet id.
 func (i *Inflight) Set(m packets.Packet) bool {
+	return i.setShared(&m)
+}
+
+// setShared is Set for a packet that others may read too (the outbound
+// queue, which writes it) but that nobody changes any more. COLONY PATCH
+// P24: the map held packets (about 800 bytes each) by value, which Go's
+// maps keep in an allocation of their own: with the queue's, two copies of
+// every QoS 1/2 delivery.
+func (i *Inflight) setShared(m *packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
 	if i.internal == nil { // COLONY PATCH P18
-		i.internal = map[uint16]packets.Packet{}
+		i.internal = map[uint16]*packets.Packet{}
 		i.order = map[uint16]uint64{}
 	}
 	_, ok := i.internal[m.PacketID]
@@ -55,7 +72,7 @@ func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
 	defer i.RUnlock()
 
 	if m, ok := i.internal[id]; ok {
-		return m, true
+		return *m, true
 	}
 
 	return packets.Packet{}, false
@@ -71,7 +88,7 @@ func (i *Inflight) Len() int {
 // Clone returns a new instance of Inflight with the same message data.
 // This is used when transferring inflights from a taken-over session.
 func (i *Inflight) Clone() *Inflight {
-	c := &Inflight{internal: map[uint16]packets.Packet{}, order: map[uint16]uint64{}}
+	c := &Inflight{internal: map[uint16]*packets.Packet{}, order: map[uint16]uint64{}}
 	i.RLock()
 	defer i.RUnlock()
 	for k, v := range i.internal {
@@ -79,7 +96,57 @@ func (i *Inflight) Clone() *Inflight {
 		c.order[k] = i.order[k]
 	}
 	c.seq = i.seq
+	if len(i.inbound) > 0 { // COLONY PATCH P25
+		c.inbound = maps.Clone(i.inbound)
+	}
 	return c
+}
+
+// setInbound records the PUBREC sent for the client's QoS 2 publish.
+// COLONY PATCH P25.
+func (i *Inflight) setInbound(pk packets.Packet) bool {
+	i.Lock()
+	defer i.Unlock()
+	if i.inbound == nil {
+		i.inbound = map[uint16]packets.Packet{}
+	}
+	_, ok := i.inbound[pk.PacketID]
+	i.inbound[pk.PacketID] = pk
+	return !ok
+}
+
+// inboundInUse reports whether the client's packet id id belongs to a QoS 2
+// publish of its own still waiting for its PUBREL. COLONY PATCH P25.
+func (i *Inflight) inboundInUse(id uint16) bool {
+	i.RLock()
+	defer i.RUnlock()
+	_, ok := i.inbound[id]
+	return ok
+}
+
+// dropInbound forgets the client's QoS 2 publishes waiting for their
+// PUBREL that were acknowledged before the Unix time before (all of them
+// for before 0), and returns how many it forgot. COLONY PATCH P25.
+func (i *Inflight) dropInbound(before int64) int {
+	i.Lock()
+	defer i.Unlock()
+	n := 0
+	for id, pk := range i.inbound {
+		if before == 0 || pk.Created < before {
+			delete(i.inbound, id)
+			n++
+		}
+	}
+	return n
+}
+
+// deleteInbound ends the client's QoS 2 publish id. COLONY PATCH P25.
+func (i *Inflight) deleteInbound(id uint16) bool {
+	i.Lock()
+	defer i.Unlock()
+	_, ok := i.inbound[id]
+	delete(i.inbound, id)
+	return ok
 }
 
 // GetAll returns all the inflight messages.
@@ -90,7 +157,7 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	m := []packets.Packet{}
 	for _, v := range i.internal {
 		if !immediate || (immediate && v.Expiry < 0) {
-			m = append(m, v)
+			m = append(m, *v)
 		}
 	}
 

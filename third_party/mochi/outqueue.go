@@ -30,6 +30,7 @@ type outQueue struct {
 	space   chan struct{} // closed when room frees up; nil while nobody waits
 	write   func([]outItem)
 	drained func() // called each time the writer empties the queue
+	runFn   func() // run, made once: COLONY PATCH P24 (go q.runFn() allocated a closure per writer started)
 	// COLONY PATCH P20: writeNow writes one packet without blocking, or
 	// reports that it could not (written false), and whether bytes of it
 	// are left for flush, which writes them blocking; nil when the
@@ -55,7 +56,9 @@ func newOutQueue(limit int, write func([]outItem), drained func()) *outQueue {
 	if limit < 1 {
 		limit = 1
 	}
-	return &outQueue{limit: limit, write: write, drained: drained}
+	q := &outQueue{limit: limit, write: write, drained: drained}
+	q.runFn = q.run
+	return q
 }
 
 // run writes batches until the queue is empty.
@@ -113,7 +116,7 @@ func (q *outQueue) push(it outItem, patience time.Duration, done <-chan struct{}
 			}
 			q.mu.Unlock()
 			if start {
-				go q.run()
+				go q.runFn()
 			}
 			return pushed
 		}
@@ -159,7 +162,7 @@ func (q *outQueue) pushNow(it outItem) {
 	}
 	if len(q.items) > 0 {
 		q.mu.Unlock()
-		go q.run()
+		go q.runFn()
 		return
 	}
 	q.running = false
@@ -189,7 +192,7 @@ func (q *outQueue) release() {
 	}
 	q.running = true
 	q.mu.Unlock()
-	go q.run()
+	go q.runFn()
 }
 
 // take returns everything queued and empties the queue, waking publishers

@@ -1049,16 +1049,12 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.Expiry = pk.Created + expiry
 	}
 
-	if !cl.Net.Inline {
-		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
-				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
-				return cl.WritePacket(ack)
-			}
-			if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
-		}
+	// COLONY PATCH P25: the client's ids are looked up among its own
+	// publishes only; upstream also found, and deleted, the server's
+	// message in flight to it under the same id.
+	if !cl.Net.Inline && cl.State.Inflight.inboundInUse(pk.PacketID) { // [MQTT-4.3.3-10]
+		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
+		return cl.WritePacket(ack)
 	}
 
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
@@ -1104,31 +1100,24 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	s.publishFrom(cl, pk)
 	s.hooks.OnPublished(cl, pk)
 
+	// COLONY PATCH P25: the client's publish is not put among the
+	// messages in flight to it, nor given to the in-flight hooks (the
+	// store keys those by client and packet id): a QoS 1 publish is done
+	// once acknowledged, and a QoS 2 one waits for its PUBREL in the
+	// client's own ids. Upstream's PUBACK replaced and then deleted the
+	// server's message in flight under the same id, in memory and, through
+	// OnQosComplete, in the store: a message lost.
 	cl.State.Inflight.DecreaseReceiveQuota()
-	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
 	if pk.FixedHeader.Qos == 2 {
-		ack = s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
+		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
+		cl.State.Inflight.setInbound(ack)
+		return cl.WritePacket(ack)
 	}
 
-	if ok := cl.State.Inflight.Set(ack); ok {
-		atomic.AddInt64(&s.Info.Inflight, 1)
-		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
-	}
-
+	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
 	err = cl.WritePacket(ack)
-	if err != nil {
-		return err
-	}
-
-	if pk.FixedHeader.Qos == 1 {
-		if ok := cl.State.Inflight.Delete(ack.PacketID); ok {
-			atomic.AddInt64(&s.Info.Inflight, -1)
-		}
-		cl.State.Inflight.IncreaseReceiveQuota()
-		s.hooks.OnQosComplete(cl, ack)
-	}
-
-	return nil
+	cl.State.Inflight.IncreaseReceiveQuota()
+	return err
 }
 
 // denyPublish refuses a publish the client may not make: QoS 0 is dropped,
@@ -1211,8 +1200,14 @@ func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bo
 		}
 	}
 
-	subscribers := s.Topics.Subscribers(pk.TopicName)
-	if len(subscribers.Shared) > 0 {
+	subscribers := s.Topics.subscribersOf(pk.TopicName) // COLONY PATCH P24: pooled
+	pooled := len(subscribers.Shared) == 0
+	if !pooled {
+		// Hooks may keep what they are given, or return another: this
+		// one does not go back to the pool.
+		if subscribers.Subscriptions == nil {
+			subscribers.Subscriptions = map[string]packets.Subscription{} // for MergeSharedSelected
+		}
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
 			subscribers.SelectShared()
@@ -1237,6 +1232,9 @@ func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bo
 			}
 		}
 	}
+	if pooled {
+		putSubscribers(subscribers)
+	}
 }
 
 // sharedPublish is a QoS 0 PUBLISH encoded once and written as is to every
@@ -1244,9 +1242,21 @@ func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bo
 // copied the packet (payload and properties included) and encoded it again
 // for every subscriber. It is read-only once built.
 type sharedPublish struct {
-	pk       packets.Packet // the packet as encoded
-	b        []byte         // its encoding
-	interval uint32         // the message expiry interval encoded (MQTT 5)
+	b     []byte // the encoding
+	topic string // for logs
+	// P24: only a message with an MQTT 5 expiry interval keeps its packet,
+	// as encoded, for writers that must encode it afresh (writeShared);
+	// others keep no copy of it (a packet is about 800 bytes).
+	pk       *packets.Packet
+	interval uint32 // the message expiry interval encoded (MQTT 5)
+}
+
+// summary describes the packet for logs.
+func (sp *sharedPublish) summary() string {
+	if sp.pk != nil {
+		return packetSummary(*sp.pk)
+	}
+	return fmt.Sprintf("%s qos=0 topic=%q", packets.PacketNames[packets.Publish], sp.topic)
 }
 
 // sharedPublishes holds the encodings of one publish, by form: MQTT 5 or
@@ -1299,25 +1309,40 @@ func (s *Server) sharedFor(pk *packets.Packet, form int, shared *sharedPublishes
 	if sp := shared[form]; sp != nil {
 		return sp
 	}
-	sp := &sharedPublish{pk: pk.Copy(false)}
-	sp.pk.FixedHeader.Qos = 0
-	sp.pk.FixedHeader.Retain = form&2 != 0
-	sp.pk.ProtocolVersion = 4 // MQTT 3.1 and 3.1.1 encode a PUBLISH alike
+	// COLONY PATCH P24: encoded from a shallow copy with Copy(false)'s
+	// header, which lives only for the encoding; the encoding reads the
+	// payload and properties, which are not copied (Copy copied both).
+	c := *pk
+	c.FixedHeader.Dup = false // [MQTT-4.3.1-1]
+	c.FixedHeader.Qos = 0
+	c.FixedHeader.Retain = form&2 != 0
+	c.PacketID = 0
+	c.Properties.TopicAlias, c.Properties.TopicAliasFlag = 0, false // [MQTT-3.3.2-7]
+	c.ProtocolVersion = 4                                           // MQTT 3.1 and 3.1.1 encode a PUBLISH alike
 	if form&4 != 0 {
-		sp.pk.ProtocolVersion = 5
+		c.ProtocolVersion = 5
 	}
-	if sp.pk.Expiry > 0 {
-		sp.interval = expiryInterval(sp.pk.Expiry)
-		sp.pk.Properties.MessageExpiryInterval = sp.interval // [MQTT-3.3.2-6]
+	sp := &sharedPublish{topic: pk.TopicName}
+	if c.Expiry > 0 {
+		sp.interval = expiryInterval(c.Expiry)
+		c.Properties.MessageExpiryInterval = sp.interval // [MQTT-3.3.2-6]
 	}
-	sp.pk.Mods.DisallowProblemInfo = form&1 != 0 // [MQTT-3.1.2-29]
-	sp.pk.Mods.AllowResponseInfo = true          // [MQTT-3.1.2-28]
-	var buf bytes.Buffer
-	buf.Grow(len(sp.pk.TopicName) + len(sp.pk.Payload) + 16)
-	if err := sp.pk.PublishEncode(&buf); err != nil {
+	c.Mods = packets.Mods{
+		MaxSize:             pk.Mods.MaxSize,
+		DisallowProblemInfo: form&1 != 0, // [MQTT-3.1.2-29]
+		AllowResponseInfo:   true,        // [MQTT-3.1.2-28]
+	}
+	buf := encodeBuffers.Get()
+	defer encodeBuffers.Put(buf)
+	if err := c.PublishEncode(buf); err != nil {
 		return nil
 	}
-	sp.b = buf.Bytes()
+	sp.b = bytes.Clone(buf.Bytes())
+	if c.Expiry > 0 && c.ProtocolVersion == 5 {
+		kept := c.Copy(false)
+		kept.Mods = c.Mods
+		sp.pk = &kept
+	}
 	shared[form] = sp
 	return sp
 }
@@ -1400,15 +1425,18 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
 		sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
 
-		if ok := cl.State.Inflight.Set(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		// COLONY PATCH P24: in flight and in the queue, one copy; out is
+		// not changed after this.
+		if ok := cl.State.Inflight.setShared(&out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
-			out.Expiry = -1
-			cl.State.Inflight.Set(out)
+			later := out
+			later.Expiry = -1
+			cl.State.Inflight.Set(later)
 			return nil
 		}
 	}
@@ -1561,34 +1589,29 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 }
 
 // processPubrel processes a Pubrel packet, denoting completion of a QOS 2 packet sent from the client.
+// COLONY PATCH P25: it ends the client's own QoS 2 publish (inbound), not
+// a message in flight to the client that has the same id; neither are the
+// in-flight hooks told, which are about the latter.
 func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
+	if !cl.State.Inflight.inboundInUse(pk.PacketID) { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
 		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.ErrPacketIdentifierNotFound))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-9]
-		if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
-			atomic.AddInt64(&s.Info.Inflight, -1)
-		}
-		cl.ops.hooks.OnQosDropped(cl, pk)
+		cl.State.Inflight.deleteInbound(pk.PacketID)
+		cl.State.Inflight.IncreaseReceiveQuota()
 		return nil
 	}
 
 	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
-	cl.State.Inflight.Set(ack)
-
 	err := cl.WritePacket(ack)
 	if err != nil {
 		return err
 	}
 
-	cl.State.Inflight.IncreaseReceiveQuota()             // +1 RECV QUOTA
-	cl.State.Inflight.IncreaseSendQuota()                // +1 SENT QUOTA
-	if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.3-12]
-		atomic.AddInt64(&s.Info.Inflight, -1)
-		s.hooks.OnQosComplete(cl, pk)
+	if cl.State.Inflight.deleteInbound(pk.PacketID) { // [MQTT-4.3.3-12]
+		cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
 	}
-
 	return nil
 }
 
@@ -1609,7 +1632,7 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if cl.State.Inflight.inboundInUse(pk.PacketID) { // COLONY PATCH P25: the client's ids, not the server's
 		code = packets.ErrPacketIdentifierInUse
 	}
 
@@ -1690,7 +1713,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if cl.State.Inflight.inboundInUse(pk.PacketID) { // COLONY PATCH P25: the client's ids, not the server's
 		code = packets.ErrPacketIdentifierInUse
 	}
 

@@ -596,6 +596,36 @@ func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
 	return subs
 }
 
+// subscribersPool holds the Subscribers of deliveries done. COLONY PATCH
+// P24: Subscribers made a struct and four maps for every message published.
+var subscribersPool = sync.Pool{New: func() any { return new(Subscribers) }}
+
+// maxPooledSubscriptions bounds the maps a pooled Subscribers keeps: a
+// cleared map keeps its table, and ranging over it costs the whole table.
+const maxPooledSubscriptions = 64
+
+// subscribersOf is Subscribers for the server's own deliveries: the result
+// comes from a pool and goes back to it with putSubscribers, and its maps
+// are nil where nothing matched. COLONY PATCH P24.
+func (x *TopicsIndex) subscribersOf(topic string) *Subscribers {
+	return x.scanSubscribers(topic, 0, nil, subscribersPool.Get().(*Subscribers))
+}
+
+// putSubscribers gives subs back to the pool, emptied. Nothing may use it
+// afterwards. COLONY PATCH P24.
+func putSubscribers(subs *Subscribers) {
+	subs.Shared, subs.SharedSelected = nil, nil // rare; not worth keeping
+	if len(subs.Subscriptions) > maxPooledSubscriptions {
+		subs.Subscriptions = nil
+	}
+	if len(subs.InlineSubscriptions) > maxPooledSubscriptions {
+		subs.InlineSubscriptions = nil
+	}
+	clear(subs.Subscriptions)
+	clear(subs.InlineSubscriptions)
+	subscribersPool.Put(subs)
+}
+
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
 func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Subscribers) *Subscribers {
 	if n == nil {
@@ -661,12 +691,14 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 
 // gatherSharedSubscriptions gathers all shared subscriptions for a particle.
 func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscribers) {
+	particle.shared.RLock() // COLONY PATCH P14: in place, not copied
+	defer particle.shared.RUnlock()
+	if len(particle.shared.internal) == 0 {
+		return // COLONY PATCH P24: no map made for nothing
+	}
 	if subs.Shared == nil {
 		subs.Shared = map[string]map[string]packets.Subscription{}
 	}
-
-	particle.shared.RLock() // COLONY PATCH P14: in place, not copied
-	defer particle.shared.RUnlock()
 	for _, shares := range particle.shared.internal {
 		for client, sub := range shares {
 			if _, ok := subs.Shared[sub.Filter]; !ok {
@@ -680,12 +712,14 @@ func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscr
 
 // gatherSharedSubscriptions gathers all inline subscriptions for a particle.
 func (x *TopicsIndex) gatherInlineSubscriptions(particle *particle, subs *Subscribers) {
+	particle.inlineSubscriptions.RLock() // COLONY PATCH P14: in place, not copied
+	defer particle.inlineSubscriptions.RUnlock()
+	if len(particle.inlineSubscriptions.internal) == 0 {
+		return // COLONY PATCH P24: no map made for nothing
+	}
 	if subs.InlineSubscriptions == nil {
 		subs.InlineSubscriptions = map[int]InlineSubscription{}
 	}
-
-	particle.inlineSubscriptions.RLock() // COLONY PATCH P14: in place, not copied
-	defer particle.inlineSubscriptions.RUnlock()
 	for id, inline := range particle.inlineSubscriptions.internal {
 		subs.InlineSubscriptions[id] = inline
 	}

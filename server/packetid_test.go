@@ -1,0 +1,116 @@
+package server_test
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/colonymq/colony/app/apptest"
+)
+
+// TestClientPacketIDsAreTheirOwn: packet ids are per direction, so a client
+// may publish QoS 1 with the id of a message the server has in flight to it
+// (clients and the server both start at 1, so this is the common case).
+// Neither its publishes nor a subscribe with that id are refused, and
+// acknowledging them must not end the server's message: when
+// the client comes back without having acknowledged it, after a reconnect
+// or after a restart of the server, it is sent again. Upstream mochi kept
+// both in one in-flight map keyed by id, and its PUBACK replaced and then
+// deleted the server's message, in memory and in the store, and refused the
+// subscribe.
+func TestClientPacketIDsAreTheirOwn(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		name := "reconnect"
+		if restart {
+			name = "restart"
+		}
+		t.Run(name, func(t *testing.T) {
+			cfg := apptest.Config(t)
+			a := apptest.Run(t, cfg)
+
+			// A persistent raw 3.1.1 client subscribed to both/in at QoS 1.
+			c, r := rawSession(t, a.Addr("mqtt"), "both", false)
+			sub := []byte{0x82, 12, 0, 1, 0, 7, 'b', 'o', 't', 'h', '/', 'i', 'n', 1}
+			if _, err := c.Write(sub); err != nil {
+				t.Fatal(err)
+			}
+			if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x90 || body[2] != 1 {
+				t.Fatalf("suback %x %x: %v", typ, body, err)
+			}
+			pub := apptest.V3(t, apptest.URL(a), "sender")
+			apptest.Done(t, pub.Publish("both/in", 1, false, "m1"))
+
+			// The server's message arrives; the client does not acknowledge it.
+			typ, body, err := readRawPacket(r, nil)
+			if err != nil || typ&0xf6 != 0x32 {
+				t.Fatalf("want a QoS 1 PUBLISH, got %x %x: %v", typ, body, err)
+			}
+			id := body[9:11] // after the topic length (2) and "both/in" (7)
+
+			// The client uses that same id for a subscribe, a QoS 1 publish
+			// and a QoS 2 publish of its own: each is answered as usual.
+			more := append([]byte{0x82, 2 + 2 + 9 + 1, id[0], id[1], 0, 9}, "both/more"...)
+			own1 := append([]byte{0x32, 2 + 8 + 2 + 1, 0, 8}, "both/out"...)
+			own1 = append(own1, id[0], id[1], 'x')
+			own2 := append([]byte{0x34}, own1[1:]...)
+			for _, step := range []struct {
+				send []byte
+				want byte // the answer's first byte
+			}{
+				{append(more, 1), 0x90},
+				{own1, 0x40},
+				{own2, 0x50},
+				{[]byte{0x62, 2, id[0], id[1]}, 0x70}, // PUBREL -> PUBCOMP
+			} {
+				if _, err := c.Write(step.send); err != nil {
+					t.Fatal(err)
+				}
+				typ, body, err := readRawPacket(r, nil)
+				if err != nil || typ != step.want || !bytes.Equal(body[:2], id) || (typ == 0x90 && body[2] != 1) {
+					t.Fatalf("after %x: want %x for id %x, got %x %x: %v", step.send[0], step.want, id, typ, body, err)
+				}
+			}
+			c.Close()
+
+			if restart {
+				apptest.Stop(t, a)
+				a = apptest.Run(t, cfg)
+			}
+			c, r = rawSession(t, a.Addr("mqtt"), "both", true)
+			defer c.Close()
+			typ, body, err = readRawPacket(r, nil)
+			if err != nil || typ != 0x3a || !bytes.Equal(body[9:11], id) || string(body[11:]) != "m1" {
+				t.Fatalf("want m1 again (DUP, QoS 1, id %x), got %x %x: %v", id, typ, body, err)
+			}
+		})
+	}
+}
+
+// rawSession connects a raw MQTT 3.1.1 client with clean session false and
+// checks the CONNACK's session present flag.
+func rawSession(t *testing.T, addr, id string, present bool) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+		t.Fatal(err)
+	}
+	connect := append([]byte{0x10, byte(12 + len(id)), 0, 4, 'M', 'Q', 'T', 'T', 4, 0, 0, 60, 0, byte(len(id))}, id...)
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	typ, body, err := readRawPacket(r, nil)
+	want := byte(0)
+	if present {
+		want = 1
+	}
+	if err != nil || typ != 0x20 || len(body) != 2 || body[0] != want || body[1] != 0 {
+		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, want)
+	}
+	return c, r
+}
