@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/colonymq/colony/app/apptest"
 )
 
@@ -111,6 +113,96 @@ func rawSession(t *testing.T, addr, id string, present bool) (net.Conn, *bufio.R
 	}
 	if err != nil || typ != 0x20 || len(body) != 2 || body[0] != want || body[1] != 0 {
 		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, want)
+	}
+	return c, r
+}
+
+// TestQoS2ResendIsAcknowledgedNotDelivered: an MQTT 5 client that sends a
+// QoS 2 publish again (DUP) before its PUBREL, as it must when it did not
+// get the PUBREC, gets a successful PUBREC again, and the message is not
+// delivered a second time [MQTT-4.3.3-10]; also when it does so on a new
+// connection that took its session over. Upstream answered 0x91 (packet
+// identifier in use), a failure with which the client ends the exchange.
+func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
+	for _, takeover := range []bool{false, true} {
+		name := "same connection"
+		if takeover {
+			name = "session taken over"
+		}
+		t.Run(name, func(t *testing.T) {
+			a := apptest.Run(t, apptest.Config(t))
+			got := make(chan string, 10)
+			watcher := apptest.V3(t, apptest.URL(a), "watcher")
+			apptest.Done(t, watcher.Subscribe("dup/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
+
+			c, r := rawV5(t, a.Addr("mqtt"), "q2", false)
+			defer c.Close()
+			publish := func(first byte, id byte, payload string) []byte { // topic "dup/t", no properties
+				pk := []byte{first, byte(2 + 5 + 2 + 1 + len(payload)), 0, 5, 'd', 'u', 'p', '/', 't', 0, id, 0}
+				return append(pk, payload...)
+			}
+			for i, step := range []struct {
+				send []byte
+				want byte // the answer's type, for packet id id, with success
+				id   byte
+			}{
+				{publish(0x34, 7, "once"), 0x50, 7}, // QoS 2 -> PUBREC
+				{publish(0x3c, 7, "once"), 0x50, 7}, // the same, DUP -> PUBREC again
+				{[]byte{0x62, 2, 0, 7}, 0x70, 7},    // PUBREL -> PUBCOMP
+				{publish(0x32, 8, "end"), 0x40, 8},  // QoS 1 -> PUBACK
+			} {
+				if i == 1 && takeover {
+					c, r = rawV5(t, a.Addr("mqtt"), "q2", true)
+					defer c.Close()
+				}
+				if _, err := c.Write(step.send); err != nil {
+					t.Fatal(err)
+				}
+				typ, body, err := readRawPacket(r, nil)
+				if err != nil || typ != step.want || body[1] != step.id || (len(body) > 2 && body[2] != 0) {
+					t.Fatalf("after %x: want %x with success, got %x %x: %v", step.send[0], step.want, typ, body, err)
+				}
+			}
+			// One publisher's messages arrive in order: when "end" is in, so
+			// is every delivery of "once".
+			var seen []string
+			for len(seen) == 0 || seen[len(seen)-1] != "end" {
+				select {
+				case m := <-got:
+					seen = append(seen, m)
+				case <-time.After(apptest.Wait):
+					t.Fatalf("watcher got %q, and not \"end\"", seen)
+				}
+			}
+			if len(seen) != 2 || seen[0] != "once" {
+				t.Fatalf("watcher got %q, want [once end]", seen)
+			}
+		})
+	}
+}
+
+// rawV5 connects a raw MQTT 5 client (clean start unless resume, keep-alive
+// 60, no properties) and checks the CONNACK's session present flag.
+func rawV5(t *testing.T, addr, id string, resume bool) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+		t.Fatal(err)
+	}
+	flags, present := byte(2), byte(0)
+	if resume {
+		flags, present = 0, 1
+	}
+	connect := append([]byte{0x10, byte(13 + len(id)), 0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, 0, 0, byte(len(id))}, id...)
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x20 || body[0] != present || body[1] != 0 {
+		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, present)
 	}
 	return c, r
 }

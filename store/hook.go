@@ -269,9 +269,11 @@ func (h *MQTTHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 
 // OnQosPublish writes an in-flight message, keyed and tagged with its
 // packet ID so a restart redelivers it under the same ID. In sync mode it
-// returns only after the commit. PUBACK and PUBCOMP entries are skipped:
-// mochi removes them right after sending, and a publisher that never saw
-// the ack resends anyway.
+// returns only after the commit. The engine tells the in-flight hooks only
+// of messages sent to the client, whose packet ids are the server's (engine
+// patch P25): the client's own publishes have ids of their own, and their
+// acks once came here under the same keys. PUBACK and PUBCOMP are still
+// skipped, should any come.
 func (h *MQTTHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if !persistent(cl) {
 		return

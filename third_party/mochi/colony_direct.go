@@ -1,4 +1,4 @@
-// COLONY PATCH (see PATCHES.md, P20 and P21): socket I/O that never blocks a
+// COLONY PATCH (see PATCHES.md, P20, P21 and P24): socket I/O that never blocks a
 // thread and skips the runtime's system call bookkeeping, so that a
 // delivery can be written from the publisher's goroutine (outQueue.push) and
 // a message costs the server no thread switch it does not need.

@@ -18,34 +18,46 @@ const rawSockets = true
 // rawSocket reads and writes a plain socket as net.Conn does, waiting in the
 // runtime's poller when it has to (deadlines included), but with sysRead and
 // sysWrite instead of the runtime's blocking system calls. P21.
-//
-// P24: the functions handed to the raw connection are made once, with the
-// socket, and the call in progress keeps its state here. Closures made for
-// every call escaped to the heap: three allocations for each read and each
-// write, the largest part of a delivery's garbage.
 type rawSocket struct {
 	c  net.Conn
 	rc syscall.RawConn
-
-	rmu    sync.Mutex // one read at a time (the client's reader)
-	rbuf   []byte
-	rn     int
-	rerr   error
-	readFn func(fd uintptr) bool
-
-	wmu     sync.Mutex // one write at a time (whoever holds the client's lock)
-	wbuf    []byte
-	wn      int
-	wwait   bool
-	werr    error
-	writeFn func(fd uintptr) bool
 }
 
 func newRawSocket(c net.Conn, rc syscall.RawConn) *rawSocket {
-	s := &rawSocket{c: c, rc: rc}
-	s.readFn = s.readSome
-	s.writeFn = s.writeSome
-	return s
+	return &rawSocket{c: c, rc: rc}
+}
+
+// rawCall is the state of one read or write handed to the raw connection,
+// with the callbacks that use it. P24: closures made for every call escaped
+// to the heap, three allocations per read and per write, the largest part
+// of a delivery's garbage; calls now take a rawCall, callbacks included,
+// from a pool, so an idle socket holds none.
+type rawCall struct {
+	buf         []byte
+	n           int
+	wait        bool // write: wait for room to write everything
+	err         error
+	read, write func(fd uintptr) bool
+}
+
+var rawCalls = sync.Pool{New: func() any {
+	c := new(rawCall)
+	c.read, c.write = c.readSome, c.writeSome
+	return c
+}}
+
+func getRawCall(p []byte) *rawCall {
+	c := rawCalls.Get().(*rawCall)
+	c.buf, c.n, c.err = p, 0, nil
+	return c
+}
+
+// done returns what the call did and puts it back in the pool.
+func (c *rawCall) done() (int, error) {
+	n, err := c.n, c.err
+	c.buf, c.err = nil, nil // the caller's buffer is not kept
+	rawCalls.Put(c)
+	return n, err
 }
 
 // Read reads what the socket has, waiting for something if it has nothing.
@@ -53,15 +65,12 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	s.rmu.Lock()
-	s.rbuf, s.rn, s.rerr = p, 0, nil
-	err := s.rc.Read(s.readFn)
-	n := s.rn
+	c := getRawCall(p)
+	err := s.rc.Read(c.read)
+	n, rerr := c.done()
 	if err == nil {
-		err = s.rerr
+		err = rerr
 	}
-	s.rbuf, s.rerr = nil, nil // the caller's buffer is not kept
-	s.rmu.Unlock()
 	if err != nil {
 		return 0, s.opError("read", err)
 	}
@@ -71,65 +80,56 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// readSome is the raw connection's read callback for Read.
-func (s *rawSocket) readSome(fd uintptr) bool {
+func (c *rawCall) readSome(fd uintptr) bool {
 	for {
-		m, err := sysRead(fd, s.rbuf)
+		m, err := sysRead(fd, c.buf)
 		switch err {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false // wait until readable, then try again
 		}
-		s.rn, s.rerr = m, err
+		c.n, c.err = m, err
 		return true
 	}
 }
 
 // Write writes all of p, waiting for room in the socket when it has none.
 func (s *rawSocket) Write(p []byte) (int, error) {
-	s.wmu.Lock()
 	return s.write(p, true)
 }
 
 // WriteNow writes as much of p as the socket takes now and returns how much
-// that was; a full socket is not an error. P20. It never waits: while
-// another write is in progress it writes nothing.
+// that was; a full socket is not an error. P20.
 func (s *rawSocket) WriteNow(p []byte) (int, error) {
-	if !s.wmu.TryLock() {
-		return 0, nil
-	}
 	return s.write(p, false)
 }
 
-// write does a write for Write or WriteNow, which hold wmu; it releases it.
 func (s *rawSocket) write(p []byte, wait bool) (int, error) {
-	s.wbuf, s.wn, s.wwait, s.werr = p, 0, wait, nil
-	err := s.rc.Write(s.writeFn)
-	n := s.wn
+	c := getRawCall(p)
+	c.wait = wait
+	err := s.rc.Write(c.write)
+	n, werr := c.done()
 	if err == nil {
-		err = s.werr
+		err = werr
 	}
-	s.wbuf, s.werr = nil, nil
-	s.wmu.Unlock()
 	if err != nil {
 		return n, s.opError("write", err)
 	}
 	return n, nil
 }
 
-// writeSome is the raw connection's write callback for write.
-func (s *rawSocket) writeSome(fd uintptr) bool {
-	for s.wn < len(s.wbuf) {
-		m, err := sysWrite(fd, s.wbuf[s.wn:])
+func (c *rawCall) writeSome(fd uintptr) bool {
+	for c.n < len(c.buf) {
+		m, err := sysWrite(fd, c.buf[c.n:])
 		switch err {
 		case nil:
-			s.wn += m
+			c.n += m
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			return !s.wwait // with wait: until writable, then go on
+			return !c.wait // with wait: until writable, then go on
 		default:
-			s.werr = err
+			c.err = err
 			return true
 		}
 	}

@@ -142,6 +142,9 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 		s.hooks.OnSubscribed(cl, pk, codes)
 	}
 	for _, msg := range msgs {
+		if !outboundFlow(msg.FixedHeader.Type) {
+			continue // COLONY PATCH P25
+		}
 		mp := msg.ToPacket()
 		if cl.State.Inflight.Set(mp) {
 			atomic.AddInt64(&s.Info.Inflight, 1)

@@ -16,20 +16,23 @@ import (
 // Inflight is a map of InflightMessage keyed on packet id.
 type Inflight struct {
 	sync.RWMutex
-	internal map[uint16]*packets.Packet // internal contains the inflight packets; COLONY PATCH P24: by pointer, never changed in place
-	order    map[uint16]uint64          // COLONY PATCH P11: insertion sequence per packet id
-	seq      uint64                     // COLONY PATCH P11: last sequence given out
+	internal            map[uint16]*packets.Packet // internal contains the inflight packets; COLONY PATCH P24: by pointer, never changed in place
+	order               map[uint16]uint64          // COLONY PATCH P11: insertion sequence per packet id
+	seq                 uint64                     // COLONY PATCH P11: last sequence given out
+	receiveQuota        int32                      // remaining inbound qos quota for flow control
+	sendQuota           int32                      // remaining outbound qos quota for flow control
+	maximumReceiveQuota int32                      // maximum allowed receive quota
+	maximumSendQuota    int32                      // maximum allowed send quota
+
 	// COLONY PATCH P25: the client's own QoS 2 publishes acknowledged with
-	// a PUBREC and waiting for their PUBREL, by the client's packet id.
-	// Packet ids are per direction, and the client's are not the server's:
-	// upstream kept both in internal, so a client's publish, subscribe or
-	// unsubscribe with the id of a message in flight to it replaced,
-	// deleted or was refused because of that message.
-	inbound             map[uint16]packets.Packet
-	receiveQuota        int32 // remaining inbound qos quota for flow control
-	sendQuota           int32 // remaining outbound qos quota for flow control
-	maximumReceiveQuota int32 // maximum allowed receive quota
-	maximumSendQuota    int32 // maximum allowed send quota
+	// a PUBREC and waiting for their PUBREL: when each PUBREC was sent, by
+	// the client's packet id. Packet ids are per direction, and the
+	// client's are not the server's: upstream kept both in internal, so a
+	// client's publish, subscribe or unsubscribe with the id of a message
+	// in flight to it replaced, deleted or was refused because of that
+	// message. Neither the store nor ReleaseSession/AdoptSession keep
+	// these (PATCHES.md).
+	inbound map[uint16]int64
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -102,17 +105,23 @@ func (i *Inflight) Clone() *Inflight {
 	return c
 }
 
-// setInbound records the PUBREC sent for the client's QoS 2 publish.
-// COLONY PATCH P25.
-func (i *Inflight) setInbound(pk packets.Packet) bool {
+// setInbound records that the client's QoS 2 publish id was acknowledged
+// with a PUBREC at the Unix time at. COLONY PATCH P25.
+func (i *Inflight) setInbound(id uint16, at int64) {
 	i.Lock()
 	defer i.Unlock()
 	if i.inbound == nil {
-		i.inbound = map[uint16]packets.Packet{}
+		i.inbound = map[uint16]int64{}
 	}
-	_, ok := i.inbound[pk.PacketID]
-	i.inbound[pk.PacketID] = pk
-	return !ok
+	i.inbound[id] = at
+}
+
+// inboundLen returns how many of the client's QoS 2 publishes wait for
+// their PUBREL. COLONY PATCH P25.
+func (i *Inflight) inboundLen() int {
+	i.RLock()
+	defer i.RUnlock()
+	return len(i.inbound)
 }
 
 // inboundInUse reports whether the client's packet id id belongs to a QoS 2
@@ -131,13 +140,22 @@ func (i *Inflight) dropInbound(before int64) int {
 	i.Lock()
 	defer i.Unlock()
 	n := 0
-	for id, pk := range i.inbound {
-		if before == 0 || pk.Created < before {
+	for id, at := range i.inbound {
+		if before == 0 || at < before {
 			delete(i.inbound, id)
 			n++
 		}
 	}
 	return n
+}
+
+// outboundFlow reports whether an in-flight record of packet type typ is a
+// state of a message sent to the client (PUBLISH, or PUBREL once the client
+// sent its PUBREC). COLONY PATCH P25: stores written before it may also
+// hold PUBREC entries of the client's own QoS 2 publishes, which upstream
+// kept among them.
+func outboundFlow(typ byte) bool {
+	return typ == packets.Publish || typ == packets.Pubrel
 }
 
 // deleteInbound ends the client's QoS 2 publish id. COLONY PATCH P25.

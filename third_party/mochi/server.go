@@ -722,7 +722,7 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		}
 
 		existing.State.isTakenOver.Store(true)
-		if existing.State.Inflight.Len() > 0 {
+		if existing.State.Inflight.Len() > 0 || existing.State.Inflight.inboundLen() > 0 { // COLONY PATCH P25
 			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
@@ -1052,9 +1052,13 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// COLONY PATCH P25: the client's ids are looked up among its own
 	// publishes only; upstream also found, and deleted, the server's
 	// message in flight to it under the same id.
-	if !cl.Net.Inline && cl.State.Inflight.inboundInUse(pk.PacketID) { // [MQTT-4.3.3-10]
-		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
-		return cl.WritePacket(ack)
+	// A QoS 2 publish sent again before its PUBREL (the client did not
+	// get the PUBREC) gets its PUBREC again, and is not delivered again
+	// [MQTT-4.3.3-10]. Upstream answered 0x91 (packet identifier in use),
+	// with which an MQTT 5 client ends the exchange as failed: it reported
+	// a delivered message as refused and never sent the PUBREL.
+	if !cl.Net.Inline && cl.State.Inflight.inboundInUse(pk.PacketID) {
+		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess))
 	}
 
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
@@ -1109,9 +1113,8 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// OnQosComplete, in the store: a message lost.
 	cl.State.Inflight.DecreaseReceiveQuota()
 	if pk.FixedHeader.Qos == 2 {
-		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
-		cl.State.Inflight.setInbound(ack)
-		return cl.WritePacket(ack)
+		cl.State.Inflight.setInbound(pk.PacketID, time.Now().Unix())
+		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess)) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
 	}
 
 	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
@@ -1205,8 +1208,16 @@ func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bo
 	if !pooled {
 		// Hooks may keep what they are given, or return another: this
 		// one does not go back to the pool.
+		// They get the maps upstream always made (P24 makes them only
+		// when something matched).
 		if subscribers.Subscriptions == nil {
-			subscribers.Subscriptions = map[string]packets.Subscription{} // for MergeSharedSelected
+			subscribers.Subscriptions = map[string]packets.Subscription{}
+		}
+		if subscribers.SharedSelected == nil {
+			subscribers.SharedSelected = map[string]packets.Subscription{}
+		}
+		if subscribers.InlineSubscriptions == nil {
+			subscribers.InlineSubscriptions = map[int]InlineSubscription{}
 		}
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
@@ -1242,8 +1253,7 @@ func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bo
 // copied the packet (payload and properties included) and encoded it again
 // for every subscriber. It is read-only once built.
 type sharedPublish struct {
-	b     []byte // the encoding
-	topic string // for logs
+	b []byte // the encoding
 	// P24: only a message with an MQTT 5 expiry interval keeps its packet,
 	// as encoded, for writers that must encode it afresh (writeShared);
 	// others keep no copy of it (a packet is about 800 bytes).
@@ -1251,12 +1261,22 @@ type sharedPublish struct {
 	interval uint32 // the message expiry interval encoded (MQTT 5)
 }
 
-// summary describes the packet for logs.
+// summary describes the packet for logs, as packetSummary does.
 func (sp *sharedPublish) summary() string {
 	if sp.pk != nil {
 		return packetSummary(*sp.pk)
 	}
-	return fmt.Sprintf("%s qos=0 topic=%q", packets.PacketNames[packets.Publish], sp.topic)
+	// The topic, read back from the encoding: fixed header, remaining
+	// length (1 to 4 bytes), topic length, topic.
+	topic, i := "", 1
+	for i < len(sp.b) && i < 5 && sp.b[i]&0x80 != 0 {
+		i++
+	}
+	if i+3 <= len(sp.b) {
+		n := int(sp.b[i+1])<<8 | int(sp.b[i+2])
+		topic = string(sp.b[i+3 : min(i+3+n, len(sp.b))])
+	}
+	return fmt.Sprintf("%s id=0 qos=0 topic=%q", packets.PacketNames[packets.Publish], topic)
 }
 
 // sharedPublishes holds the encodings of one publish, by form: MQTT 5 or
@@ -1322,7 +1342,7 @@ func (s *Server) sharedFor(pk *packets.Packet, form int, shared *sharedPublishes
 	if form&4 != 0 {
 		c.ProtocolVersion = 5
 	}
-	sp := &sharedPublish{topic: pk.TopicName}
+	sp := new(sharedPublish)
 	if c.Expiry > 0 {
 		sp.interval = expiryInterval(c.Expiry)
 		c.Properties.MessageExpiryInterval = sp.interval // [MQTT-3.3.2-6]
@@ -1640,8 +1660,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	reasonCodes := make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters {
 		if code != packets.CodeSuccess {
-			reasonCodes[i] = code.Code // NB 3.9.3 Non-normative 0x91
-			continue
+			reasonCodes[i] = code.Code // NB 3.9.3 Non-normative 0x91; COLONY PATCH P25: 0x80 for MQTT 3 below
 		} else if !IsValidFilter(sub.Filter, false) {
 			reasonCodes[i] = packets.ErrTopicFilterInvalid.Code
 		} else if tooManyLevels(sub.Filter, s.Options.Capabilities.MaximumTopicLevels) { // COLONY PATCH P15
@@ -2080,6 +2099,9 @@ func (s *Server) loadClients(v []storage.Client) {
 // loadInflight restores inflight messages from the datastore.
 func (s *Server) loadInflight(v []storage.Message) {
 	for _, msg := range v {
+		if !outboundFlow(msg.FixedHeader.Type) {
+			continue // COLONY PATCH P25
+		}
 		if client, ok := s.Clients.Get(msg.Client); ok {
 			client.State.Inflight.Set(msg.ToPacket())
 		}
