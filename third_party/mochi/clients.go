@@ -557,6 +557,28 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
+
+	// COLONY PATCH P24: an ack that is only its packet id (any MQTT 3 ack,
+	// and an MQTT 5 one with success and no properties) is decoded as it
+	// is read, without a buffer of its own: at QoS 1 one comes in for
+	// every delivery.
+	if pk.FixedHeader.Remaining == 2 {
+		switch pk.FixedHeader.Type {
+		case packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp:
+			hi, err := cl.Net.rbuf.ReadByte()
+			if err != nil {
+				return pk, err
+			}
+			lo, err := cl.Net.rbuf.ReadByte()
+			if err != nil {
+				return pk, err
+			}
+			atomic.AddInt64(&cl.ops.info.BytesReceived, 2)
+			pk.PacketID = uint16(hi)<<8 | uint16(lo)
+			return cl.ops.hooks.OnPacketRead(cl, pk)
+		}
+	}
+
 	p := make([]byte, pk.FixedHeader.Remaining)
 	n, err := io.ReadFull(&cl.Net.rbuf, p)
 	if err != nil {
