@@ -185,26 +185,15 @@ func BenchmarkFanInQoS1(b *testing.B) {
 		b.Fatalf("suback %x: %v", suback, err)
 	}
 	wg.Go(func() { // acknowledges every QoS 1 PUBLISH
-		r := bufio.NewReaderSize(sub, 64<<10)
 		w := bufio.NewWriterSize(sub, 8<<10)
-		var body []byte
-		for {
-			typ, got, err := readRawPacket(r, body)
-			body = got
-			if err != nil {
-				return
-			}
+		eachRawPacket(sub, 64<<10, func(typ byte, body []byte, more bool) bool {
 			if typ&0xf6 == 0x32 { // PUBLISH, QoS 1
 				tl := int(body[0])<<8 | int(body[1])
 				w.Write([]byte{0x40, 2, body[2+tl], body[3+tl]})
 				delivered.Add(1)
 			}
-			if r.Buffered() == 0 {
-				if w.Flush() != nil {
-					return
-				}
-			}
-		}
+			return more || w.Flush() == nil
+		})
 	})
 
 	type publisher struct {
@@ -225,19 +214,13 @@ func BenchmarkFanInQoS1(b *testing.B) {
 		p.msg = append(append(msg, 0, 0), make([]byte, 64)...) // the packet id is set per publish
 		ps[i] = p
 		wg.Go(func() { // takes a token back for every PUBACK
-			r := bufio.NewReaderSize(c, 16<<10)
-			var body []byte
-			for {
-				typ, got, err := readRawPacket(r, body)
-				body = got
-				if err != nil {
-					return
-				}
+			eachRawPacket(c, 16<<10, func(typ byte, _ []byte, _ bool) bool {
 				if typ == 0x40 {
 					<-p.acks
 					p.acked.Done()
 				}
-			}
+				return true
+			})
 		})
 	}
 	share := func(i int) int {
@@ -295,6 +278,21 @@ func BenchmarkFanInQoS1(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
+}
+
+// eachRawPacket reads packets from c, through a buffer of size bytes, and
+// hands each to fn (more: the buffer holds more) until reading fails or fn
+// returns false. body is only valid during the call.
+func eachRawPacket(c net.Conn, size int, fn func(typ byte, body []byte, more bool) bool) {
+	r := bufio.NewReaderSize(c, size)
+	var buf []byte
+	for {
+		typ, body, err := readRawPacket(r, buf)
+		if err != nil || !fn(typ, body, r.Buffered() > 0) {
+			return
+		}
+		buf = body
+	}
 }
 
 // readRawPacket reads one MQTT packet: its first byte and its body, into

@@ -33,7 +33,7 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 			a := apptest.Run(t, cfg)
 
 			// A persistent raw 3.1.1 client subscribed to both/in at QoS 1.
-			c, r := rawSession(t, a.Addr("mqtt"), "both", false)
+			c, r := rawClient(t, a.Addr("mqtt"), "both", 4, false, false)
 			sub := []byte{0x82, 12, 0, 1, 0, 7, 'b', 'o', 't', 'h', '/', 'i', 'n', 1}
 			if _, err := c.Write(sub); err != nil {
 				t.Fatal(err)
@@ -80,7 +80,7 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 				apptest.Stop(t, a)
 				a = apptest.Run(t, cfg)
 			}
-			c, r = rawSession(t, a.Addr("mqtt"), "both", true)
+			c, r = rawClient(t, a.Addr("mqtt"), "both", 4, false, true)
 			defer c.Close()
 			typ, body, err = readRawPacket(r, nil)
 			if err != nil || typ != 0x3a || !bytes.Equal(body[9:11], id) || string(body[11:]) != "m1" {
@@ -88,33 +88,6 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 			}
 		})
 	}
-}
-
-// rawSession connects a raw MQTT 3.1.1 client with clean session false and
-// checks the CONNACK's session present flag.
-func rawSession(t *testing.T, addr, id string, present bool) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
-		t.Fatal(err)
-	}
-	connect := append([]byte{0x10, byte(12 + len(id)), 0, 4, 'M', 'Q', 'T', 'T', 4, 0, 0, 60, 0, byte(len(id))}, id...)
-	if _, err := c.Write(connect); err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(c)
-	typ, body, err := readRawPacket(r, nil)
-	want := byte(0)
-	if present {
-		want = 1
-	}
-	if err != nil || typ != 0x20 || len(body) != 2 || body[0] != want || body[1] != 0 {
-		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, want)
-	}
-	return c, r
 }
 
 // TestQoS2ResendIsAcknowledgedNotDelivered: an MQTT 5 client that sends a
@@ -135,7 +108,7 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 			watcher := apptest.V3(t, apptest.URL(a), "watcher")
 			apptest.Done(t, watcher.Subscribe("dup/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
 
-			c, r := rawV5(t, a.Addr("mqtt"), "q2", false)
+			c, r := rawClient(t, a.Addr("mqtt"), "q2", 5, true, false)
 			defer c.Close()
 			publish := func(first byte, id byte, payload string) []byte { // topic "dup/t", no properties
 				pk := []byte{first, byte(2 + 5 + 2 + 1 + len(payload)), 0, 5, 'd', 'u', 'p', '/', 't', 0, id, 0}
@@ -152,7 +125,7 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 				{publish(0x32, 8, "end"), 0x40, 8},  // QoS 1 -> PUBACK
 			} {
 				if i == 1 && takeover {
-					c, r = rawV5(t, a.Addr("mqtt"), "q2", true)
+					c, r = rawClient(t, a.Addr("mqtt"), "q2", 5, false, true)
 					defer c.Close()
 				}
 				if _, err := c.Write(step.send); err != nil {
@@ -181,9 +154,10 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 	}
 }
 
-// rawV5 connects a raw MQTT 5 client (clean start unless resume, keep-alive
-// 60, no properties) and checks the CONNACK's session present flag.
-func rawV5(t *testing.T, addr, id string, resume bool) (net.Conn, *bufio.Reader) {
+// rawClient connects a raw MQTT client of version 4 (3.1.1) or 5 (no
+// properties), keep-alive 60, with clean session (clean start) or not, and
+// checks the CONNACK's session present flag.
+func rawClient(t *testing.T, addr, id string, version byte, clean, present bool) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
 	if err != nil {
@@ -192,17 +166,26 @@ func rawV5(t *testing.T, addr, id string, resume bool) (net.Conn, *bufio.Reader)
 	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
 		t.Fatal(err)
 	}
-	flags, present := byte(2), byte(0)
-	if resume {
-		flags, present = 0, 1
+	var flags, want byte
+	if clean {
+		flags = 2
 	}
-	connect := append([]byte{0x10, byte(13 + len(id)), 0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, 0, 0, byte(len(id))}, id...)
+	if present {
+		want = 1
+	}
+	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', version, flags, 0, 60}
+	if version == 5 {
+		vh = append(vh, 0) // no properties
+	}
+	connect := append([]byte{0x10, byte(len(vh) + 2 + len(id))}, vh...)
+	connect = append(append(connect, 0, byte(len(id))), id...)
 	if _, err := c.Write(connect); err != nil {
 		t.Fatal(err)
 	}
 	r := bufio.NewReader(c)
-	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x20 || body[0] != present || body[1] != 0 {
-		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, present)
+	typ, body, err := readRawPacket(r, nil)
+	if err != nil || typ != 0x20 || len(body) < 2 || body[0] != want || body[1] != 0 {
+		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, want)
 	}
 	return c, r
 }
