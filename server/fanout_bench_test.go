@@ -106,41 +106,23 @@ func benchDeliveries(b *testing.B, pubs, subs int, topic func(int) string, filte
 		msgs[i] = rawPublish0(topic(i), make([]byte, 64))
 		writers[i] = bufio.NewWriterSize(c, 32<<10)
 	}
-	share := func(i int) int { // publisher i's part of b.N
-		if i < b.N%pubs {
-			return b.N/pubs + 1
-		}
-		return b.N / pubs
-	}
 	var want int64 // bytes all subscribers will have received
 	for i := range pubs {
-		want += int64(share(i)) * int64(len(msgs[i])) * int64(subs)
+		want += int64(share(b.N, pubs, i)) * int64(len(msgs[i])) * int64(subs)
 	}
 
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
 	base := received.Load()
-	var pw sync.WaitGroup
-	errs := make(chan error, pubs)
-	for i := range pubs {
-		pw.Go(func() {
-			for range share(i) {
-				if _, err := writers[i].Write(msgs[i]); err != nil {
-					errs <- err
-					return
-				}
+	runPublishers(b, pubs, func(i int) error {
+		for range share(b.N, pubs, i) {
+			if _, err := writers[i].Write(msgs[i]); err != nil {
+				return err
 			}
-			if err := writers[i].Flush(); err != nil {
-				errs <- err
-			}
-		})
-	}
-	pw.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+		}
+		return writers[i].Flush()
+	})
 	want += base
 	deadline := time.Now().Add(30 * time.Second)
 	for received.Load() < want {
@@ -223,49 +205,30 @@ func BenchmarkFanInQoS1(b *testing.B) {
 			})
 		})
 	}
-	share := func(i int) int {
-		if i < b.N%pubs {
-			return b.N/pubs + 1
-		}
-		return b.N / pubs
-	}
-
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
 	base := delivered.Load()
-	var pw sync.WaitGroup
-	errs := make(chan error, pubs)
-	for i, p := range ps {
-		pw.Go(func() {
-			for n := range share(i) {
-				select {
-				case p.acks <- struct{}{}:
-				default: // window full: send what is gathered, then wait
-					if err := p.w.Flush(); err != nil {
-						errs <- err
-						return
-					}
-					p.acks <- struct{}{}
+	runPublishers(b, pubs, func(i int) error {
+		p := ps[i]
+		for n := range share(b.N, pubs, i) {
+			select {
+			case p.acks <- struct{}{}:
+			default: // window full: send what is gathered, then wait
+				if err := p.w.Flush(); err != nil {
+					return err
 				}
-				p.acked.Add(1)
-				id := n%65535 + 1
-				p.msg[p.idAt], p.msg[p.idAt+1] = byte(id>>8), byte(id)
-				if _, err := p.w.Write(p.msg); err != nil {
-					errs <- err
-					return
-				}
+				p.acks <- struct{}{}
 			}
-			if err := p.w.Flush(); err != nil {
-				errs <- err
+			p.acked.Add(1)
+			id := n%65535 + 1
+			p.msg[p.idAt], p.msg[p.idAt+1] = byte(id>>8), byte(id)
+			if _, err := p.w.Write(p.msg); err != nil {
+				return err
 			}
-		})
-	}
-	pw.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+		}
+		return p.w.Flush()
+	})
 	for _, p := range ps {
 		p.acked.Wait()
 	}
@@ -278,6 +241,33 @@ func BenchmarkFanInQoS1(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
+}
+
+// share is publisher i's part of n publishes spread over pubs publishers.
+func share(n, pubs, i int) int {
+	if i < n%pubs {
+		return n/pubs + 1
+	}
+	return n / pubs
+}
+
+// runPublishers runs publish for each of pubs publishers at once, and fails
+// b with the first error any returns.
+func runPublishers(b *testing.B, pubs int, publish func(i int) error) {
+	var wg sync.WaitGroup
+	errs := make(chan error, pubs)
+	for i := range pubs {
+		wg.Go(func() {
+			if err := publish(i); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
 }
 
 // eachRawPacket reads packets from c, through a buffer of size bytes, and
