@@ -91,11 +91,14 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 }
 
 // TestQoS2ResendIsAcknowledgedNotDelivered: an MQTT 5 client that sends a
-// QoS 2 publish again (DUP) before its PUBREL, as it must when it did not
-// get the PUBREC, gets a successful PUBREC again, and the message is not
-// delivered a second time [MQTT-4.3.3-10]; also when it does so on a new
-// connection that took its session over. Upstream answered 0x91 (packet
-// identifier in use), a failure with which the client ends the exchange.
+// QoS 2 publish again (DUP) before its PUBREL, as it does on reconnecting
+// when it did not get the PUBREC (and a 3.1.1 client may at any time), gets
+// a successful PUBREC again, and the message is not delivered a second time
+// [MQTT-4.3.3-10], on the same connection or on one that took its session
+// over. The repeat is no new message: with a receive maximum of 1, which the
+// first send used up, it is still answered, not refused. Upstream answered
+// 0x91 (packet identifier in use), a failure with which the client ends the
+// exchange.
 func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 	for _, takeover := range []bool{false, true} {
 		name := "same connection"
@@ -103,7 +106,9 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 			name = "session taken over"
 		}
 		t.Run(name, func(t *testing.T) {
-			a := apptest.Run(t, apptest.Config(t))
+			cfg := apptest.Config(t)
+			cfg.Limits.ReceiveMaximum = 1
+			a := apptest.Run(t, cfg)
 			got := make(chan string, 10)
 			watcher := apptest.V3(t, apptest.URL(a), "watcher")
 			apptest.Done(t, watcher.Subscribe("dup/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
@@ -132,7 +137,7 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 					t.Fatal(err)
 				}
 				typ, body, err := readRawPacket(r, nil)
-				if err != nil || typ != step.want || body[1] != step.id || (len(body) > 2 && body[2] != 0) {
+				if err != nil || typ != step.want || len(body) < 2 || body[1] != step.id || (len(body) > 2 && body[2] != 0) {
 					t.Fatalf("after %x: want %x with success, got %x %x: %v", step.send[0], step.want, typ, body, err)
 				}
 			}
@@ -151,6 +156,35 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 				t.Fatalf("watcher got %q, want [once end]", seen)
 			}
 		})
+	}
+}
+
+// TestSubscribeWithAnIDInUse: a SUBSCRIBE with the id of the client's own
+// QoS 2 publish still waiting for its PUBREL is refused, with 0x80 for an
+// MQTT 3.1.1 client (upstream sent 0x91, which 3.1.1 does not have), and
+// the same id subscribes once the publish is complete.
+func TestSubscribeWithAnIDInUse(t *testing.T) {
+	a := apptest.Run(t, apptest.Config(t))
+	c, r := rawClient(t, a.Addr("mqtt"), "inuse", 4, true, false)
+	defer c.Close()
+	subscribe := append([]byte{0x82, 2 + 2 + 5 + 1, 0, 5, 0, 5}, "use/t"...)
+	subscribe = append(subscribe, 1)
+	for _, step := range []struct {
+		send []byte
+		want []byte // the answer: first byte, then body
+	}{
+		{append([]byte{0x34, 2 + 5 + 2 + 1, 0, 5, 'u', 's', 'e', '/', 'x', 0, 5}, 'p'), []byte{0x50, 0, 5}},
+		{subscribe, []byte{0x90, 0, 5, 0x80}},
+		{[]byte{0x62, 2, 0, 5}, []byte{0x70, 0, 5}},
+		{subscribe, []byte{0x90, 0, 5, 1}},
+	} {
+		if _, err := c.Write(step.send); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := readRawPacket(r, nil)
+		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
+			t.Fatalf("after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
+		}
 	}
 }
 

@@ -570,6 +570,9 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 				return pk, err
 			}
 			lo, err := cl.Net.rbuf.ReadByte()
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF // as io.ReadFull has it
+			}
 			if err != nil {
 				return pk, err
 			}

@@ -1,4 +1,4 @@
-// COLONY PATCH (see PATCHES.md, P20, P21 and P24): socket I/O that never blocks a
+// COLONY PATCH (see PATCHES.md, P20 and P21): socket I/O that never blocks a
 // thread and skips the runtime's system call bookkeeping, so that a
 // delivery can be written from the publisher's goroutine (outQueue.push) and
 // a message costs the server no thread switch it does not need.
@@ -31,7 +31,7 @@ func sockOf(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	return newRawSocket(c, rc)
+	return &rawSocket{c: c, rc: rc}
 }
 
 // rawConn returns the raw connection of a client's plain socket, or nil.

@@ -20,8 +20,6 @@ type rawSocket struct {
 	rc syscall.RawConn
 }
 
-func newRawSocket(c net.Conn, rc syscall.RawConn) *rawSocket { return &rawSocket{c: c, rc: rc} }
-
 func (s *rawSocket) Read(p []byte) (int, error)   { return s.c.Read(p) }
 func (s *rawSocket) Write(p []byte) (int, error)  { return s.c.Write(p) }
 func (s *rawSocket) WriteNow([]byte) (int, error) { return 0, errors.ErrUnsupported }

@@ -23,10 +23,6 @@ type rawSocket struct {
 	rc syscall.RawConn
 }
 
-func newRawSocket(c net.Conn, rc syscall.RawConn) *rawSocket {
-	return &rawSocket{c: c, rc: rc}
-}
-
 // rawCall is the state of one read or write handed to the raw connection,
 // with the callbacks that use it. P24: closures made for every call escaped
 // to the heap, three allocations per read and per write, the largest part

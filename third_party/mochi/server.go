@@ -1031,6 +1031,18 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.Refused.TopicLevels.Add(1)
 		return packets.ErrTopicNameInvalid
 	}
+
+	// COLONY PATCH P25: a QoS 2 publish sent again before its PUBREL (the
+	// client did not get the PUBREC) gets its PUBREC again and is not
+	// delivered again [MQTT-4.3.3-10]; it is no new message, so neither the
+	// publish rate nor the receive maximum count it. The client's ids are
+	// looked up among its own publishes only: upstream also found, and
+	// deleted, the server's message in flight to it under the same id, and
+	// answered a repeat with 0x91 (packet identifier in use), with which an
+	// MQTT 5 client ends the exchange as failed.
+	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && cl.State.Inflight.inboundInUse(pk.PacketID) {
+		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess))
+	}
 	s.throttle(cl) // COLONY PATCH P15
 
 	if atomic.LoadInt32(&cl.State.Inflight.receiveQuota) == 0 {
@@ -1047,18 +1059,6 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	if expiry := minimum(s.Options.Capabilities.MaximumMessageExpiryInterval,
 		int64(pk.Properties.MessageExpiryInterval)); expiry > 0 {
 		pk.Expiry = pk.Created + expiry
-	}
-
-	// COLONY PATCH P25: the client's ids are looked up among its own
-	// publishes only; upstream also found, and deleted, the server's
-	// message in flight to it under the same id.
-	// A QoS 2 publish sent again before its PUBREL (the client did not
-	// get the PUBREC) gets its PUBREC again, and is not delivered again
-	// [MQTT-4.3.3-10]. Upstream answered 0x91 (packet identifier in use),
-	// with which an MQTT 5 client ends the exchange as failed: it reported
-	// a delivered message as refused and never sent the PUBREL.
-	if !cl.Net.Inline && cl.State.Inflight.inboundInUse(pk.PacketID) {
-		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess))
 	}
 
 	if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 { // [MQTT-3.3.2-11]
@@ -2099,10 +2099,11 @@ func (s *Server) loadClients(v []storage.Client) {
 // loadInflight restores inflight messages from the datastore.
 func (s *Server) loadInflight(v []storage.Message) {
 	for _, msg := range v {
-		if !outboundFlow(msg.FixedHeader.Type) {
-			continue // COLONY PATCH P25
-		}
 		if client, ok := s.Clients.Get(msg.Client); ok {
+			if !outboundFlow(msg.FixedHeader.Type) { // COLONY PATCH P25: and storage forgets it
+				s.hooks.OnQosDropped(client, msg.ToPacket())
+				continue
+			}
 			client.State.Inflight.Set(msg.ToPacket())
 		}
 	}
