@@ -159,6 +159,57 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 	}
 }
 
+// TestQoS2ResendAfterRestart: the client's QoS 2 publish acknowledged with
+// a PUBREC survives a restart of the node with its persistent session, in
+// sync mode (the PUBREC goes out after the commit): sent again after the
+// restart, it gets a PUBREC and is not delivered again, and its PUBREL
+// completes it.
+func TestQoS2ResendAfterRestart(t *testing.T) {
+	cfg := apptest.Config(t)
+	cfg.Store.Durability = "sync"
+	a := apptest.Run(t, cfg)
+	c, r := rawClient(t, a.Addr("mqtt"), "q2r", 4, false, false)
+	publish := append([]byte{0x34, 2 + 5 + 2 + 4, 0, 5, 'r', 'e', 's', '/', 't', 0, 9}, "once"...)
+	if _, err := c.Write(publish); err != nil {
+		t.Fatal(err)
+	}
+	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x50 || !bytes.Equal(body, []byte{0, 9}) {
+		t.Fatalf("want PUBREC 9, got %x %x: %v", typ, body, err)
+	}
+	c.Close()
+	apptest.Stop(t, a)
+
+	a = apptest.Run(t, cfg)
+	got := make(chan string, 10)
+	watcher := apptest.V3(t, apptest.URL(a), "watcher")
+	apptest.Done(t, watcher.Subscribe("res/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
+	c, r = rawClient(t, a.Addr("mqtt"), "q2r", 4, false, true)
+	defer c.Close()
+	publish[0] |= 0x08 // DUP
+	end := append([]byte{0x32, 2 + 5 + 2 + 3, 0, 5, 'r', 'e', 's', '/', 't', 0, 10}, "end"...)
+	for _, step := range []struct{ send, want []byte }{
+		{publish, []byte{0x50, 0, 9}},
+		{[]byte{0x62, 2, 0, 9}, []byte{0x70, 0, 9}},
+		{end, []byte{0x40, 0, 10}},
+	} {
+		if _, err := c.Write(step.send); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := readRawPacket(r, nil)
+		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
+			t.Fatalf("after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
+		}
+	}
+	select {
+	case m := <-got:
+		if m != "end" {
+			t.Fatalf("watcher got %q first: the publish sent again was delivered again", m)
+		}
+	case <-time.After(apptest.Wait):
+		t.Fatal("watcher got nothing")
+	}
+}
+
 // TestSubscribeWithAnIDInUse: a SUBSCRIBE with the id of the client's own
 // QoS 2 publish still waiting for its PUBREL is refused, with 0x80 for an
 // MQTT 3.1.1 client (upstream sent 0x91, which 3.1.1 does not have), and

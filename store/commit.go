@@ -22,8 +22,9 @@ const (
 	// opDeletePrefix removes every key starting with key from an MQTT sub-bucket.
 	opDeletePrefix
 	// opDeleteSession removes everything stored for the client ID in key:
-	// its client record, subscriptions and in-flight messages. One op rather
-	// than three so that a crash can never leave half a session behind.
+	// its client record, subscriptions, in-flight messages and pending QoS 2
+	// publishes. One op rather than four so that a crash can never leave
+	// half a session behind.
 	opDeleteSession
 	// opFunc runs fn inside the transaction; used by module buckets.
 	opFunc
@@ -278,7 +279,7 @@ func (c *committer) apply(tx *bbolt.Tx) (ops, coalesced int, err error) {
 		case opDeleteSession:
 			coalesced += c.setLast(bucketClients, o.key, i)
 			prefix := sessionPrefix(string(o.key))
-			for _, b := range [...]uint8{bucketSubs, bucketInflight} {
+			for _, b := range [...]uint8{bucketSubs, bucketInflight, bucketInbound} {
 				coalesced += c.dropPending(b, prefix)
 				c.prefixes = append(c.prefixes, prefixDelete{b, prefix})
 			}

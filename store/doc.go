@@ -13,6 +13,7 @@
 //	mqtt/clients   client ID                      -> storage.Client
 //	mqtt/subs      client ID 0x00 filter           -> storage.Subscription
 //	mqtt/inflight  client ID 0x00 packet ID (BE16)  -> storage.Message
+//	mqtt/inbound   client ID 0x00 packet ID (BE16)  -> storage.Message (a PUBREC: the client's QoS 2 publish awaiting its PUBREL)
 //	mqtt/retained  topic                           -> storage.Message
 //	mqtt/sys       "info"                          -> storage.SystemInfo
 //	mod/<module>/<name>                            -> module records
@@ -25,7 +26,8 @@
 // in any mode loses what is still queued, except writes whose caller waits.
 // In [DurabilitySync] commits start as soon as work is queued and the hooks
 // that precede an acknowledgement (OnQosPublish, OnSubscribed, retained
-// QoS 1/2) wait for the fsync, so a crash loses only unacknowledged work. In
+// QoS 1/2, the PUBREC of a client's QoS 2 publish) wait for the fsync, so a
+// crash loses only unacknowledged work. In
 // [DurabilityBatch] the committer gathers writes for BatchInterval before
 // each commit and fsync, so a crash (process or power) loses about one
 // interval plus one commit of hook writes, more if the queue has backed up.

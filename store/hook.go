@@ -74,7 +74,7 @@ func (db *DB) MQTTHook() *MQTTHook {
 func (h *MQTTHook) loadKnown() error {
 	return h.db.view(func(tx *bbolt.Tx) error {
 		root := tx.Bucket(rootMQTT)
-		for _, b := range [...]uint8{bucketClients, bucketSubs, bucketInflight} {
+		for _, b := range [...]uint8{bucketClients, bucketSubs, bucketInflight, bucketInbound} {
 			err := root.Bucket(mqttBucketNames[b]).ForEach(func(k, _ []byte) error {
 				id := string(k)
 				if b != bucketClients {
@@ -269,17 +269,26 @@ func (h *MQTTHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 
 // OnQosPublish writes an in-flight message, keyed and tagged with its
 // packet ID so a restart redelivers it under the same ID. In sync mode it
-// returns only after the commit. The engine tells the in-flight hooks only
-// of messages sent to the client, whose packet ids are the server's (engine
-// patch P25): the client's own publishes have ids of their own, and their
-// acks once came here under the same keys. PUBACK and PUBCOMP are still
-// skipped, should any come.
+// returns only after the commit. A PUBREC is the client's own QoS 2 publish
+// waiting for its PUBREL (engine patch P25): the client's packet ids are
+// its own, so it goes to a bucket of its own, where a restart finds it and
+// knows the publish, sent again, for one already delivered. PUBACK and
+// PUBCOMP are skipped, should any come.
 func (h *MQTTHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if !persistent(cl) {
 		return
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Puback, packets.Pubcomp:
+		return
+	case packets.Pubrec:
+		h.put(cl.ID, bucketInbound, inflightKey(cl.ID, pk.PacketID), storage.Message{
+			T:           storage.InflightKey,
+			Client:      cl.ID,
+			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
+			Created:     pk.Created,
+			PacketID:    pk.PacketID,
+		}, h.wait)
 		return
 	}
 	h.put(cl.ID, bucketInflight, inflightKey(cl.ID, pk.PacketID), storage.Message{
@@ -297,19 +306,24 @@ func (h *MQTTHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, 
 	}, h.wait)
 }
 
-// OnQosComplete deletes an in-flight message once its flow has finished.
+// OnQosComplete deletes an in-flight message once its flow has finished
+// (a PUBREC: the client's own QoS 2 publish, once its PUBREL came).
 func (h *MQTTHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	h.deleteInflight(cl, pk.PacketID)
+	h.deleteInflight(cl, pk)
 }
 
 // OnQosDropped deletes an in-flight message mochi gave up on.
 func (h *MQTTHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
-	h.deleteInflight(cl, pk.PacketID)
+	h.deleteInflight(cl, pk)
 }
 
-func (h *MQTTHook) deleteInflight(cl *mqtt.Client, id uint16) {
+func (h *MQTTHook) deleteInflight(cl *mqtt.Client, pk packets.Packet) {
 	if persistent(cl) || h.tracked(cl) {
-		h.submit(op{kind: opDelete, bucket: bucketInflight, key: inflightKey(cl.ID, id)}, false)
+		bucket := bucketInflight
+		if pk.FixedHeader.Type == packets.Pubrec {
+			bucket = bucketInbound
+		}
+		h.submit(op{kind: opDelete, bucket: bucket, key: inflightKey(cl.ID, pk.PacketID)}, false)
 	}
 }
 
@@ -396,23 +410,43 @@ func (h *MQTTHook) StoredSubscriptions() ([]storage.Subscription, error) {
 }
 
 // StoredInflightMessages returns every stored in-flight message whose
-// client record exists, each with the packet ID it was sent under.
+// client record exists, each with the packet ID it was sent under, and the
+// clients' own QoS 2 publishes waiting for their PUBREL, as PUBRECs.
+//
+// Stores written before engine patch P25 kept those PUBRECs among the
+// in-flight messages, where the server's own messages under the same ids
+// overwrote them: they are returned too, and moved to their bucket.
 func (h *MQTTHook) StoredInflightMessages() ([]storage.Message, error) {
 	out := []storage.Message{}
-	err := h.load(bucketInflight, true, func(k, v []byte) error {
-		var m storage.Message
-		if err := decode(v, &m); err != nil {
-			return err
+	var moved []op
+	for _, bucket := range [...]uint8{bucketInflight, bucketInbound} {
+		err := h.load(bucket, true, func(k, v []byte) error {
+			var m storage.Message
+			if err := decode(v, &m); err != nil {
+				return err
+			}
+			id, rest, _ := splitKey(k)
+			if len(rest) != 2 {
+				return errors.New("malformed in-flight key")
+			}
+			m.Client, m.PacketID = id, binary.BigEndian.Uint16(rest)
+			if bucket == bucketInflight && m.FixedHeader.Type == packets.Pubrec {
+				key := bytes.Clone(k)
+				moved = append(moved, op{kind: opPut, bucket: bucketInbound, key: key, value: bytes.Clone(v)},
+					op{kind: opDelete, bucket: bucketInflight, key: key})
+			}
+			out = append(out, m)
+			return nil
+		})
+		if err != nil {
+			return out, err
 		}
-		id, rest, _ := splitKey(k)
-		if len(rest) != 2 {
-			return errors.New("malformed in-flight key")
-		}
-		m.Client, m.PacketID = id, binary.BigEndian.Uint16(rest)
-		out = append(out, m)
-		return nil
-	})
-	return out, err
+	}
+	// Queued after the read transactions, as load's deletes are.
+	for _, o := range moved {
+		h.submit(o, false)
+	}
+	return out, nil
 }
 
 // StoredRetainedMessages returns every stored retained message.

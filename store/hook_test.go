@@ -156,14 +156,77 @@ func TestHookInflightKeepsPacketIDs(t *testing.T) {
 		pk.Properties.ContentType != "text/plain" || len(pk.Properties.User) != 1 {
 		t.Errorf("restored packet = %+v", pk)
 	}
-	if msgs[1].PacketID != 9 || msgs[1].FixedHeader.Type != packets.Pubrec {
+	if msgs[1].PacketID != 9 || msgs[1].FixedHeader.Type != packets.Pubrec || msgs[1].Created != 1 {
 		t.Errorf("second record = %+v", msgs[1])
+	}
+	if in := mqttKeys(t, db, bucketInbound); len(in) != 1 {
+		t.Errorf("inbound keys %q: the client's QoS 2 publish (a PUBREC) is kept apart", in)
 	}
 
 	h.OnQosComplete(cl, packets.Packet{PacketID: 7})
-	h.OnQosDropped(cl, packets.Packet{PacketID: 9})
+	h.OnQosDropped(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 9})
+	flush(t, db)
 	if _, _, inflight := sessionKeys(t, db); len(inflight) != 0 {
 		t.Fatalf("in-flight keys left: %q", inflight)
+	}
+	if in := mqttKeys(t, db, bucketInbound); len(in) != 0 {
+		t.Fatalf("inbound keys left: %q", in)
+	}
+}
+
+// TestHookClientPacketIDsAreTheirOwn: the client's QoS 2 publish waiting
+// for its PUBREL and the server's message in flight to the client under the
+// same packet id are two records; ending one leaves the other.
+func TestHookClientPacketIDsAreTheirOwn(t *testing.T) {
+	db := openTest(t, Options{})
+	h := db.MQTTHook()
+	cl := v3Client("both", false)
+	establish(h, cl, false)
+	h.OnQosPublish(cl, publish(1, "a/b", "to the client"), 1, 0)
+	h.OnQosPublish(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 1, Created: 2}, 2, 0)
+	h.OnQosComplete(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 1})
+	flush(t, db)
+	msgs, err := h.StoredInflightMessages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 || msgs[0].FixedHeader.Type != packets.Publish || string(msgs[0].Payload) != "to the client" {
+		t.Fatalf("after the client's publish completed: %+v, want the server's message only", msgs)
+	}
+}
+
+// TestHookMovesOldPubrecs: stores written before engine patch P25 kept the
+// PUBREC of a client's QoS 2 publish among the in-flight messages. Loading
+// returns it as such, and moves it to the inbound bucket.
+func TestHookMovesOldPubrecs(t *testing.T) {
+	db := openTest(t, Options{})
+	h := db.MQTTHook()
+	cl := v3Client("old", false)
+	establish(h, cl, false)
+	flush(t, db)
+	old, err := encode(storage.Message{T: storage.InflightKey, Client: "old", FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 5, Created: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.bolt.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(rootMQTT).Bucket(mqttBucketNames[bucketInflight]).Put(inflightKey("old", 5), old)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := h.StoredInflightMessages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 || msgs[0].FixedHeader.Type != packets.Pubrec || msgs[0].PacketID != 5 || msgs[0].Created != 3 {
+		t.Fatalf("loaded %+v, want the PUBREC of id 5", msgs)
+	}
+	flush(t, db)
+	if _, _, inflight := sessionKeys(t, db); len(inflight) != 0 {
+		t.Errorf("in-flight keys left: %q", inflight)
+	}
+	if in := mqttKeys(t, db, bucketInbound); len(in) != 1 {
+		t.Errorf("inbound keys %q, want the moved PUBREC", in)
 	}
 }
 

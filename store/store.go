@@ -124,6 +124,7 @@ const (
 	bucketInflight
 	bucketRetained
 	bucketSys
+	bucketInbound // the clients' own QoS 2 publishes waiting for their PUBREL, keyed as in-flight messages
 	numMQTTBuckets
 )
 
@@ -133,6 +134,7 @@ var mqttBucketNames = [numMQTTBuckets][]byte{
 	bucketInflight: []byte("inflight"),
 	bucketRetained: []byte("retained"),
 	bucketSys:      []byte("sys"),
+	bucketInbound:  []byte("inbound"),
 }
 
 // DB is an open data file plus the committer goroutine that writes to it.

@@ -415,7 +415,9 @@ func (cl *Client) ClearInflights() {
 			atomic.AddInt64(&cl.ops.info.Inflight, -1)
 		}
 	}
-	cl.State.Inflight.dropInbound(0) // COLONY PATCH P25
+	for _, id := range cl.State.Inflight.dropInbound(0) { // COLONY PATCH P25
+		cl.ops.hooks.OnQosDropped(cl, inboundState(id, 0))
+	}
 }
 
 // ClearExpiredInflights deletes any inflight messages which have expired.
@@ -437,8 +439,9 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 		}
 	}
 	if maximumExpiry > 0 { // COLONY PATCH P25: a PUBREL that never came
-		for n := cl.State.Inflight.dropInbound(now - maximumExpiry); n > 0; n-- {
+		for _, id := range cl.State.Inflight.dropInbound(now - maximumExpiry) {
 			cl.State.Inflight.IncreaseReceiveQuota()
+			cl.ops.hooks.OnQosDropped(cl, inboundState(id, 0))
 		}
 	}
 

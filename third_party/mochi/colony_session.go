@@ -25,6 +25,9 @@ func (s *Server) ReleaseSession(cl *Client) (storage.Client, []storage.Subscript
 	subs := cl.State.Subscriptions.GetAll()
 	s.UnsubscribeClient(cl)
 	inflight := cl.State.Inflight.GetAll(false)
+	for id, at := range cl.State.Inflight.inboundAll() { // COLONY PATCH P25: the client's own QoS 2 publishes
+		inflight = append(inflight, inboundState(id, at))
+	}
 	cl.ClearInflights()
 	s.Clients.Delete(cl.ID)
 	s.hooks.OnClientExpired(cl)
@@ -142,8 +145,13 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 		s.hooks.OnSubscribed(cl, pk, codes)
 	}
 	for _, msg := range msgs {
-		if !outboundFlow(msg.FixedHeader.Type) {
-			continue // COLONY PATCH P25
+		switch { // COLONY PATCH P25
+		case msg.FixedHeader.Type == packets.Pubrec: // the client's own QoS 2 publish
+			cl.State.Inflight.setInbound(msg.PacketID, msg.Created)
+			s.hooks.OnQosPublish(cl, inboundState(msg.PacketID, msg.Created), msg.Created, 0)
+			continue
+		case !outboundFlow(msg.FixedHeader.Type):
+			continue
 		}
 		mp := msg.ToPacket()
 		if cl.State.Inflight.Set(mp) {

@@ -30,8 +30,7 @@ type Inflight struct {
 	// client's are not the server's: upstream kept both in internal, so a
 	// client's publish, subscribe or unsubscribe with the id of a message
 	// in flight to it replaced, deleted or was refused because of that
-	// message. Neither the store nor ReleaseSession/AdoptSession keep
-	// these (PATCHES.md).
+	// message. The in-flight hooks hear of them as inboundState packets.
 	inbound map[uint16]int64
 }
 
@@ -135,25 +134,40 @@ func (i *Inflight) inboundInUse(id uint16) bool {
 
 // dropInbound forgets the client's QoS 2 publishes waiting for their
 // PUBREL that were acknowledged before the Unix time before (all of them
-// for before 0), and returns how many it forgot. COLONY PATCH P25.
-func (i *Inflight) dropInbound(before int64) int {
+// for before 0), and returns their ids. COLONY PATCH P25.
+func (i *Inflight) dropInbound(before int64) []uint16 {
 	i.Lock()
 	defer i.Unlock()
-	n := 0
+	var ids []uint16
 	for id, at := range i.inbound {
 		if before == 0 || at < before {
 			delete(i.inbound, id)
-			n++
+			ids = append(ids, id)
 		}
 	}
-	return n
+	return ids
+}
+
+// inboundAll returns the client's QoS 2 publishes waiting for their PUBREL:
+// when each was acknowledged, by packet id. COLONY PATCH P25.
+func (i *Inflight) inboundAll() map[uint16]int64 {
+	i.RLock()
+	defer i.RUnlock()
+	return maps.Clone(i.inbound)
+}
+
+// inboundState is how the in-flight hooks see the client's own QoS 2
+// publish id, acknowledged at the Unix time at and waiting for its PUBREL:
+// as the PUBREC the server sent. Messages sent to the client never have
+// that type, so a hook (the store) can tell the two apart. COLONY PATCH P25.
+func inboundState(id uint16, at int64) packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: id, Created: at}
 }
 
 // outboundFlow reports whether an in-flight record of packet type typ is a
 // state of a message sent to the client (PUBLISH, or PUBREL once the client
-// sent its PUBREC). COLONY PATCH P25: stores written before it may also
-// hold PUBREC entries of the client's own QoS 2 publishes, which upstream
-// kept among them.
+// sent its PUBREC); a PUBREC record is the client's own QoS 2 publish
+// (inboundState). COLONY PATCH P25.
 func outboundFlow(typ byte) bool {
 	return typ == packets.Publish || typ == packets.Pubrel
 }

@@ -1105,16 +1105,19 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	s.hooks.OnPublished(cl, pk)
 
 	// COLONY PATCH P25: the client's publish is not put among the
-	// messages in flight to it, nor given to the in-flight hooks (the
-	// store keys those by client and packet id): a QoS 1 publish is done
-	// once acknowledged, and a QoS 2 one waits for its PUBREL in the
-	// client's own ids. Upstream's PUBACK replaced and then deleted the
+	// messages in flight to it: a QoS 1 publish is done once acknowledged,
+	// and a QoS 2 one waits for its PUBREL among the client's own ids,
+	// which the in-flight hooks hear of as PUBRECs (inboundState; the store
+	// keeps them apart, and in sync mode has committed this one before the
+	// PUBREC goes out). Upstream's PUBACK replaced and then deleted the
 	// server's message in flight under the same id, in memory and, through
 	// OnQosComplete, in the store: a message lost.
 	cl.State.Inflight.DecreaseReceiveQuota()
 	if pk.FixedHeader.Qos == 2 {
-		cl.State.Inflight.setInbound(pk.PacketID, time.Now().Unix())
-		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess)) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
+		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
+		cl.State.Inflight.setInbound(pk.PacketID, ack.Created)
+		s.hooks.OnQosPublish(cl, inboundState(pk.PacketID, ack.Created), ack.Created, 0)
+		return cl.WritePacket(ack)
 	}
 
 	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
@@ -1610,16 +1613,18 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 
 // processPubrel processes a Pubrel packet, denoting completion of a QOS 2 packet sent from the client.
 // COLONY PATCH P25: it ends the client's own QoS 2 publish (inbound), not
-// a message in flight to the client that has the same id; neither are the
-// in-flight hooks told, which are about the latter.
+// a message in flight to the client that has the same id; the in-flight
+// hooks are told of it as a PUBREC (inboundState).
 func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	if !cl.State.Inflight.inboundInUse(pk.PacketID) { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
 		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.ErrPacketIdentifierNotFound))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-9]
-		cl.State.Inflight.deleteInbound(pk.PacketID)
-		cl.State.Inflight.IncreaseReceiveQuota()
+		if cl.State.Inflight.deleteInbound(pk.PacketID) {
+			cl.State.Inflight.IncreaseReceiveQuota()
+			s.hooks.OnQosDropped(cl, inboundState(pk.PacketID, 0))
+		}
 		return nil
 	}
 
@@ -1631,6 +1636,7 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 
 	if cl.State.Inflight.deleteInbound(pk.PacketID) { // [MQTT-4.3.3-12]
 		cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
+		s.hooks.OnQosComplete(cl, inboundState(pk.PacketID, 0))
 	}
 	return nil
 }
@@ -2100,11 +2106,12 @@ func (s *Server) loadClients(v []storage.Client) {
 func (s *Server) loadInflight(v []storage.Message) {
 	for _, msg := range v {
 		if client, ok := s.Clients.Get(msg.Client); ok {
-			if !outboundFlow(msg.FixedHeader.Type) { // COLONY PATCH P25: and storage forgets it
-				s.hooks.OnQosDropped(client, msg.ToPacket())
-				continue
+			switch { // COLONY PATCH P25
+			case msg.FixedHeader.Type == packets.Pubrec: // the client's own QoS 2 publish
+				client.State.Inflight.setInbound(msg.PacketID, msg.Created)
+			case outboundFlow(msg.FixedHeader.Type):
+				client.State.Inflight.Set(msg.ToPacket())
 			}
-			client.State.Inflight.Set(msg.ToPacket())
 		}
 	}
 }
