@@ -210,6 +210,115 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 	}
 }
 
+// TestQoS2NewPublishUnderPendingID: a QoS 2 publish without DUP under an id
+// still waiting for its PUBREL is a new message (a resend has DUP set), as
+// after a server that went down between its PUBCOMP and forgetting the id:
+// it is delivered, not taken for the old one.
+func TestQoS2NewPublishUnderPendingID(t *testing.T) {
+	a := apptest.Run(t, apptest.Config(t))
+	got := make(chan string, 10)
+	watcher := apptest.V3(t, apptest.URL(a), "watcher")
+	apptest.Done(t, watcher.Subscribe("new/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
+	c, r := rawClient(t, a.Addr("mqtt"), "q2n", 4, true, false)
+	defer c.Close()
+	for _, payload := range []string{"first", "second"} {
+		publish := append([]byte{0x34, byte(2 + 5 + 2 + len(payload)), 0, 5, 'n', 'e', 'w', '/', 't', 0, 9}, payload...)
+		if _, err := c.Write(publish); err != nil {
+			t.Fatal(err)
+		}
+		if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x50 || !bytes.Equal(body, []byte{0, 9}) {
+			t.Fatalf("want PUBREC 9, got %x %x: %v", typ, body, err)
+		}
+		select {
+		case m := <-got:
+			if m != payload {
+				t.Fatalf("watcher got %q, want %q", m, payload)
+			}
+		case <-time.After(apptest.Wait):
+			t.Fatalf("%q was not delivered", payload)
+		}
+	}
+}
+
+// TestRefusedQoS2DeliveryIsForgotten: a QoS 2 message that an MQTT 5 client
+// refuses with a failed PUBREC is dropped, in the store too: after a restart
+// its persistent session does not get it again. (The store once took the
+// client's PUBREC for a QoS 2 publish of the client's own.)
+func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
+	cfg := apptest.Config(t)
+	cfg.Store.Durability = "sync"
+	a := apptest.Run(t, cfg)
+	connect := func(resume bool) (net.Conn, *bufio.Reader) {
+		c, err := net.DialTimeout("tcp", a.Addr("mqtt"), apptest.Wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+			t.Fatal(err)
+		}
+		flags, present := byte(2), byte(0)
+		if resume {
+			flags, present = 0, 1
+		}
+		// MQTT 5, session expiry 3600 s (property 0x11), client id "rej".
+		if _, err := c.Write([]byte{0x10, 21, 0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, 5, 0x11, 0, 0, 0x0e, 0x10, 0, 3, 'r', 'e', 'j'}); err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(c)
+		if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x20 || len(body) < 2 || body[0] != present || body[1] != 0 {
+			t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, present)
+		}
+		return c, r
+	}
+	nextPublish := func(r *bufio.Reader) (id []byte, payload string) {
+		typ, body, err := readRawPacket(r, nil)
+		if err != nil || typ&0xf0 != 0x30 || typ&0x06 != 0x04 {
+			t.Fatalf("want a QoS 2 PUBLISH, got %x %x: %v", typ, body, err)
+		}
+		tl := int(body[0])<<8 | int(body[1])
+		props := int(body[4+tl]) // property length, below 128 here
+		return body[2+tl : 4+tl], string(body[5+tl+props:])
+	}
+
+	c, r := connect(false)
+	// SUBSCRIBE id 1, no properties, rej/t at QoS 2.
+	if _, err := c.Write(append(append([]byte{0x82, 2 + 1 + 2 + 5 + 1, 0, 1, 0, 0, 5}, "rej/t"...), 2)); err != nil {
+		t.Fatal(err)
+	}
+	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x90 || body[len(body)-1] != 2 {
+		t.Fatalf("suback %x %x: %v", typ, body, err)
+	}
+	pub := apptest.V3(t, apptest.URL(a), "sender")
+	apptest.Done(t, pub.Publish("rej/t", 2, false, "refused"))
+	id, payload := nextPublish(r)
+	if payload != "refused" {
+		t.Fatalf("got %q", payload)
+	}
+	// PUBREC with reason 0x80 (unspecified error), no properties, then a
+	// PINGREQ: its PINGRESP says the server has handled the PUBREC (one
+	// connection's packets are handled in order).
+	if _, err := c.Write([]byte{0x50, 4, id[0], id[1], 0x80, 0, 0xc0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0xd0 {
+		t.Fatalf("want PINGRESP, got %x %x: %v", typ, body, err)
+	}
+	c.Close()
+	pub.Disconnect(0)
+	apptest.Stop(t, a)
+
+	a = apptest.Run(t, cfg)
+	c, r = connect(true)
+	defer c.Close()
+	// A session resends what it has in flight before anything new: the
+	// first message must be this one, not "refused".
+	pub = apptest.V3(t, apptest.URL(a), "sender")
+	apptest.Done(t, pub.Publish("rej/t", 2, false, "after"))
+	if _, payload := nextPublish(r); payload != "after" {
+		t.Fatalf("after the restart the session got %q first, want after: the refused message came back", payload)
+	}
+}
+
 // TestSubscribeWithAnIDInUse: a SUBSCRIBE with the id of the client's own
 // QoS 2 publish still waiting for its PUBREL is refused, with 0x80 for an
 // MQTT 3.1.1 client (upstream sent 0x91, which 3.1.1 does not have), and

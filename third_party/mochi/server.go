@@ -1033,15 +1033,24 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	// COLONY PATCH P25: a QoS 2 publish sent again before its PUBREL (the
-	// client did not get the PUBREC) gets its PUBREC again and is not
-	// delivered again [MQTT-4.3.3-10]; it is no new message, so neither the
-	// publish rate nor the receive maximum count it. The client's ids are
-	// looked up among its own publishes only: upstream also found, and
-	// deleted, the server's message in flight to it under the same id, and
-	// answered a repeat with 0x91 (packet identifier in use), with which an
-	// MQTT 5 client ends the exchange as failed.
+	// client did not get the PUBREC; a resend has DUP set [MQTT-3.3.1-1])
+	// gets its PUBREC again and is not delivered again [MQTT-4.3.3-10]; it
+	// is no new message, so neither the publish rate nor the receive
+	// maximum count it. Without DUP it is a new message under an id whose
+	// flow the client saw complete: the pending record is stale (the
+	// server went down between its PUBCOMP and forgetting the id), and is
+	// replaced. The client's ids are looked up among its own publishes
+	// only: upstream also found, and deleted, the server's message in
+	// flight to it under the same id, and answered a repeat with 0x91
+	// (packet identifier in use), with which an MQTT 5 client ends the
+	// exchange as failed.
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && cl.State.Inflight.inboundInUse(pk.PacketID) {
-		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess))
+		if pk.FixedHeader.Dup {
+			return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess))
+		}
+		if cl.State.Inflight.deleteInbound(pk.PacketID) {
+			cl.State.Inflight.IncreaseReceiveQuota()
+		}
 	}
 	s.throttle(cl) // COLONY PATCH P15
 
@@ -1593,7 +1602,8 @@ func (s *Server) processPuback(cl *Client, pk packets.Packet) error {
 
 // processPubrec processes a Pubrec packet, denoting receipt of a QOS 2 packet sent from the server.
 func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
+	out, ok := cl.State.Inflight.Get(pk.PacketID)
+	if !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
 		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.ErrPacketIdentifierNotFound))
 	}
 
@@ -1601,7 +1611,10 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 		if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
-		cl.ops.hooks.OnQosDropped(cl, pk)
+		// COLONY PATCH P25: the hooks are given the message dropped, not
+		// the client's PUBREC: a PUBREC is how they hear of the client's
+		// own QoS 2 publishes (inboundState).
+		cl.ops.hooks.OnQosDropped(cl, out)
 		return nil // as per MQTT5 Section 4.13.2 paragraph 2
 	}
 
