@@ -33,7 +33,7 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 			a := apptest.Run(t, cfg)
 
 			// A persistent raw 3.1.1 client subscribed to both/in at QoS 1.
-			c, r := rawClient(t, a.Addr("mqtt"), "both", 4, false, false)
+			c, r := rawClient(t, a.Addr("mqtt"), "both", 4, false, false, 0)
 			sub := []byte{0x82, 12, 0, 1, 0, 7, 'b', 'o', 't', 'h', '/', 'i', 'n', 1}
 			if _, err := c.Write(sub); err != nil {
 				t.Fatal(err)
@@ -80,7 +80,7 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 				apptest.Stop(t, a)
 				a = apptest.Run(t, cfg)
 			}
-			c, r = rawClient(t, a.Addr("mqtt"), "both", 4, false, true)
+			c, r = rawClient(t, a.Addr("mqtt"), "both", 4, false, true, 0)
 			defer c.Close()
 			typ, body, err = readRawPacket(r, nil)
 			if err != nil || typ != 0x3a || !bytes.Equal(body[9:11], id) || string(body[11:]) != "m1" {
@@ -113,7 +113,7 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 			watcher := apptest.V3(t, apptest.URL(a), "watcher")
 			apptest.Done(t, watcher.Subscribe("dup/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
 
-			c, r := rawClient(t, a.Addr("mqtt"), "q2", 5, true, false)
+			c, r := rawClient(t, a.Addr("mqtt"), "q2", 5, true, false, 0)
 			defer c.Close()
 			publish := func(first byte, id byte, payload string) []byte { // topic "dup/t", no properties
 				pk := []byte{first, byte(2 + 5 + 2 + 1 + len(payload)), 0, 5, 'd', 'u', 'p', '/', 't', 0, id, 0}
@@ -130,7 +130,7 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 				{publish(0x32, 8, "end"), 0x40, 8},  // QoS 1 -> PUBACK
 			} {
 				if i == 1 && takeover {
-					c, r = rawClient(t, a.Addr("mqtt"), "q2", 5, false, true)
+					c, r = rawClient(t, a.Addr("mqtt"), "q2", 5, false, true, 0)
 					defer c.Close()
 				}
 				if _, err := c.Write(step.send); err != nil {
@@ -168,7 +168,7 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Store.Durability = "sync"
 	a := apptest.Run(t, cfg)
-	c, r := rawClient(t, a.Addr("mqtt"), "q2r", 4, false, false)
+	c, r := rawClient(t, a.Addr("mqtt"), "q2r", 4, false, false, 0)
 	publish := append([]byte{0x34, 2 + 5 + 2 + 4, 0, 5, 'r', 'e', 's', '/', 't', 0, 9}, "once"...)
 	if _, err := c.Write(publish); err != nil {
 		t.Fatal(err)
@@ -183,7 +183,7 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 	got := make(chan string, 10)
 	watcher := apptest.V3(t, apptest.URL(a), "watcher")
 	apptest.Done(t, watcher.Subscribe("res/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
-	c, r = rawClient(t, a.Addr("mqtt"), "q2r", 4, false, true)
+	c, r = rawClient(t, a.Addr("mqtt"), "q2r", 4, false, true, 0)
 	defer c.Close()
 	publish[0] |= 0x08 // DUP
 	end := append([]byte{0x32, 2 + 5 + 2 + 3, 0, 5, 'r', 'e', 's', '/', 't', 0, 10}, "end"...)
@@ -219,7 +219,7 @@ func TestQoS2NewPublishUnderPendingID(t *testing.T) {
 	got := make(chan string, 10)
 	watcher := apptest.V3(t, apptest.URL(a), "watcher")
 	apptest.Done(t, watcher.Subscribe("new/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
-	c, r := rawClient(t, a.Addr("mqtt"), "q2n", 4, true, false)
+	c, r := rawClient(t, a.Addr("mqtt"), "q2n", 4, true, false, 0)
 	defer c.Close()
 	for _, payload := range []string{"first", "second"} {
 		publish := append([]byte{0x34, byte(2 + 5 + 2 + len(payload)), 0, 5, 'n', 'e', 'w', '/', 't', 0, 9}, payload...)
@@ -248,28 +248,6 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Store.Durability = "sync"
 	a := apptest.Run(t, cfg)
-	connect := func(resume bool) (net.Conn, *bufio.Reader) {
-		c, err := net.DialTimeout("tcp", a.Addr("mqtt"), apptest.Wait)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
-			t.Fatal(err)
-		}
-		flags, present := byte(2), byte(0)
-		if resume {
-			flags, present = 0, 1
-		}
-		// MQTT 5, session expiry 3600 s (property 0x11), client id "rej".
-		if _, err := c.Write([]byte{0x10, 21, 0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, 5, 0x11, 0, 0, 0x0e, 0x10, 0, 3, 'r', 'e', 'j'}); err != nil {
-			t.Fatal(err)
-		}
-		r := bufio.NewReader(c)
-		if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x20 || len(body) < 2 || body[0] != present || body[1] != 0 {
-			t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, present)
-		}
-		return c, r
-	}
 	nextPublish := func(r *bufio.Reader) (id []byte, payload string) {
 		typ, body, err := readRawPacket(r, nil)
 		if err != nil || typ&0xf0 != 0x30 || typ&0x06 != 0x04 {
@@ -280,7 +258,7 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 		return body[2+tl : 4+tl], string(body[5+tl+props:])
 	}
 
-	c, r := connect(false)
+	c, r := rawClient(t, a.Addr("mqtt"), "rej", 5, true, false, 3600) // a session of an hour
 	// SUBSCRIBE id 1, no properties, rej/t at QoS 2.
 	if _, err := c.Write(append(append([]byte{0x82, 2 + 1 + 2 + 5 + 1, 0, 1, 0, 0, 5}, "rej/t"...), 2)); err != nil {
 		t.Fatal(err)
@@ -308,7 +286,7 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 	apptest.Stop(t, a)
 
 	a = apptest.Run(t, cfg)
-	c, r = connect(true)
+	c, r = rawClient(t, a.Addr("mqtt"), "rej", 5, false, true, 3600)
 	defer c.Close()
 	// A session resends what it has in flight before anything new: the
 	// first message must be this one, not "refused".
@@ -325,7 +303,7 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 // the same id subscribes once the publish is complete.
 func TestSubscribeWithAnIDInUse(t *testing.T) {
 	a := apptest.Run(t, apptest.Config(t))
-	c, r := rawClient(t, a.Addr("mqtt"), "inuse", 4, true, false)
+	c, r := rawClient(t, a.Addr("mqtt"), "inuse", 4, true, false, 0)
 	defer c.Close()
 	subscribe := append([]byte{0x82, 2 + 2 + 5 + 1, 0, 5, 0, 5}, "use/t"...)
 	subscribe = append(subscribe, 1)
@@ -348,10 +326,11 @@ func TestSubscribeWithAnIDInUse(t *testing.T) {
 	}
 }
 
-// rawClient connects a raw MQTT client of version 4 (3.1.1) or 5 (no
-// properties), keep-alive 60, with clean session (clean start) or not, and
-// checks the CONNACK's session present flag.
-func rawClient(t *testing.T, addr, id string, version byte, clean, present bool) (net.Conn, *bufio.Reader) {
+// rawClient connects a raw MQTT client of version 4 (3.1.1) or 5 (with a
+// session expiry of expiry seconds if not 0, no other properties),
+// keep-alive 60, with clean session (clean start) or not, and checks the
+// CONNACK's session present flag.
+func rawClient(t *testing.T, addr, id string, version byte, clean, present bool, expiry uint32) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
 	if err != nil {
@@ -368,7 +347,9 @@ func rawClient(t *testing.T, addr, id string, version byte, clean, present bool)
 		want = 1
 	}
 	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', version, flags, 0, 60}
-	if version == 5 {
+	if version == 5 && expiry > 0 {
+		vh = append(vh, 5, 0x11, byte(expiry>>24), byte(expiry>>16), byte(expiry>>8), byte(expiry))
+	} else if version == 5 {
 		vh = append(vh, 0) // no properties
 	}
 	connect := append([]byte{0x10, byte(len(vh) + 2 + len(id))}, vh...)
