@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -189,6 +190,52 @@ func TestSessionTakeover(t *testing.T) {
 	if n := in.count("s/1") + in.count("s/2") + in.count("s/3"); n != 3 {
 		t.Fatalf("got %d messages, want 3 (no duplicates)", n)
 	}
+}
+
+// TestSessionMoveKeepsPendingQoS2: a client's own QoS 2 publish that node
+// a acknowledged with a PUBREC, and that the client has not released yet,
+// moves with its persistent session to node b: sent again there (DUP) it
+// gets its PUBREC and is not delivered again, and its PUBREL completes it.
+func TestSessionMoveKeepsPendingQoS2(t *testing.T) {
+	c := newCluster(t)
+	a, b := c.node("a"), c.node("b")
+	left := make(chan struct{}, 1)
+	cancel := a.Server().Watch(func(ev server.Event) {
+		if ev.Kind == server.Disconnected && ev.ClientID == "q2" {
+			left <- struct{}{}
+		}
+	})
+	defer cancel()
+
+	publish := append([]byte{0x34, 2 + 6 + 2 + 4, 0, 6, 'm', 'o', 'v', 'e', '/', 't', 0, 9}, "once"...)
+	conn, r := apptest.RawClient(t, a.Addr("mqtt"), "q2", 4, false, false, 0)
+	if _, err := conn.Write(publish); err != nil {
+		t.Fatal(err)
+	}
+	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0x50 || !bytes.Equal(body, []byte{0, 9}) {
+		t.Fatalf("want PUBREC 9 from a, got %x %x: %v", typ, body, err)
+	}
+	conn.Close()
+	apptest.Next(t, left)
+
+	_, in := client(t, b, "watcher", "move/t")
+	conn, r = apptest.RawClient(t, b.Addr("mqtt"), "q2", 4, false, true, 0)
+	publish[0] |= 0x08 // DUP
+	end := append([]byte{0x32, 2 + 6 + 2 + 3, 0, 6, 'm', 'o', 'v', 'e', '/', 't', 0, 10}, "end"...)
+	for _, step := range []struct{ send, want []byte }{
+		{publish, []byte{0x50, 0, 9}},
+		{[]byte{0x62, 2, 0, 9}, []byte{0x70, 0, 9}},
+		{end, []byte{0x40, 0, 10}},
+	} {
+		if _, err := conn.Write(step.send); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := apptest.ReadRawPacket(r, nil)
+		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
+			t.Fatalf("on b, after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
+		}
+	}
+	expect(t, in, "move/t", "end") // not "once" first: the repeat was not delivered again
 }
 
 // TestLiveTakeover: the same client id connecting to another node ends

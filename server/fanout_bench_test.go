@@ -277,37 +277,10 @@ func eachRawPacket(c net.Conn, size int, fn func(typ byte, body []byte, more boo
 	r := bufio.NewReaderSize(c, size)
 	var buf []byte
 	for {
-		typ, body, err := readRawPacket(r, buf)
+		typ, body, err := apptest.ReadRawPacket(r, buf)
 		if err != nil || !fn(typ, body, r.Buffered() > 0) {
 			return
 		}
 		buf = body
 	}
-}
-
-// readRawPacket reads one MQTT packet: its first byte and its body, into
-// buf when it is large enough.
-func readRawPacket(r *bufio.Reader, buf []byte) (byte, []byte, error) {
-	typ, err := r.ReadByte()
-	if err != nil {
-		return 0, nil, err
-	}
-	n, shift := 0, 0
-	for {
-		c, err := r.ReadByte()
-		if err != nil {
-			return 0, nil, err
-		}
-		n |= int(c&0x7f) << shift
-		if c&0x80 == 0 {
-			break
-		}
-		shift += 7
-	}
-	if cap(buf) < n {
-		buf = make([]byte, n)
-	}
-	body := buf[:n]
-	_, err = io.ReadFull(r, body)
-	return typ, body, err
 }

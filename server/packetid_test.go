@@ -3,7 +3,6 @@ package server_test
 import (
 	"bufio"
 	"bytes"
-	"net"
 	"testing"
 	"time"
 
@@ -33,19 +32,19 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 			a := apptest.Run(t, cfg)
 
 			// A persistent raw 3.1.1 client subscribed to both/in at QoS 1.
-			c, r := rawClient(t, a.Addr("mqtt"), "both", 4, false, false, 0)
+			c, r := apptest.RawClient(t, a.Addr("mqtt"), "both", 4, false, false, 0)
 			sub := []byte{0x82, 12, 0, 1, 0, 7, 'b', 'o', 't', 'h', '/', 'i', 'n', 1}
 			if _, err := c.Write(sub); err != nil {
 				t.Fatal(err)
 			}
-			if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x90 || body[2] != 1 {
+			if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0x90 || body[2] != 1 {
 				t.Fatalf("suback %x %x: %v", typ, body, err)
 			}
 			pub := apptest.V3(t, apptest.URL(a), "sender")
 			apptest.Done(t, pub.Publish("both/in", 1, false, "m1"))
 
 			// The server's message arrives; the client does not acknowledge it.
-			typ, body, err := readRawPacket(r, nil)
+			typ, body, err := apptest.ReadRawPacket(r, nil)
 			if err != nil || typ&0xf6 != 0x32 {
 				t.Fatalf("want a QoS 1 PUBLISH, got %x %x: %v", typ, body, err)
 			}
@@ -69,7 +68,7 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 				if _, err := c.Write(step.send); err != nil {
 					t.Fatal(err)
 				}
-				typ, body, err := readRawPacket(r, nil)
+				typ, body, err := apptest.ReadRawPacket(r, nil)
 				if err != nil || typ != step.want || !bytes.Equal(body[:2], id) || (typ == 0x90 && body[2] != 1) {
 					t.Fatalf("after %x: want %x for id %x, got %x %x: %v", step.send[0], step.want, id, typ, body, err)
 				}
@@ -80,9 +79,8 @@ func TestClientPacketIDsAreTheirOwn(t *testing.T) {
 				apptest.Stop(t, a)
 				a = apptest.Run(t, cfg)
 			}
-			c, r = rawClient(t, a.Addr("mqtt"), "both", 4, false, true, 0)
-			defer c.Close()
-			typ, body, err = readRawPacket(r, nil)
+			c, r = apptest.RawClient(t, a.Addr("mqtt"), "both", 4, false, true, 0)
+			typ, body, err = apptest.ReadRawPacket(r, nil)
 			if err != nil || typ != 0x3a || !bytes.Equal(body[9:11], id) || string(body[11:]) != "m1" {
 				t.Fatalf("want m1 again (DUP, QoS 1, id %x), got %x %x: %v", id, typ, body, err)
 			}
@@ -113,8 +111,7 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 			watcher := apptest.V3(t, apptest.URL(a), "watcher")
 			apptest.Done(t, watcher.Subscribe("dup/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
 
-			c, r := rawClient(t, a.Addr("mqtt"), "q2", 5, true, false, 0)
-			defer c.Close()
+			c, r := apptest.RawClient(t, a.Addr("mqtt"), "q2", 5, true, false, 0)
 			publish := func(first byte, id byte, payload string) []byte { // topic "dup/t", no properties
 				pk := []byte{first, byte(2 + 5 + 2 + 1 + len(payload)), 0, 5, 'd', 'u', 'p', '/', 't', 0, id, 0}
 				return append(pk, payload...)
@@ -130,13 +127,12 @@ func TestQoS2ResendIsAcknowledgedNotDelivered(t *testing.T) {
 				{publish(0x32, 8, "end"), 0x40, 8},  // QoS 1 -> PUBACK
 			} {
 				if i == 1 && takeover {
-					c, r = rawClient(t, a.Addr("mqtt"), "q2", 5, false, true, 0)
-					defer c.Close()
+					c, r = apptest.RawClient(t, a.Addr("mqtt"), "q2", 5, false, true, 0)
 				}
 				if _, err := c.Write(step.send); err != nil {
 					t.Fatal(err)
 				}
-				typ, body, err := readRawPacket(r, nil)
+				typ, body, err := apptest.ReadRawPacket(r, nil)
 				if err != nil || typ != step.want || len(body) < 2 || body[1] != step.id || (len(body) > 2 && body[2] != 0) {
 					t.Fatalf("after %x: want %x with success, got %x %x: %v", step.send[0], step.want, typ, body, err)
 				}
@@ -168,12 +164,12 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Store.Durability = "sync"
 	a := apptest.Run(t, cfg)
-	c, r := rawClient(t, a.Addr("mqtt"), "q2r", 4, false, false, 0)
+	c, r := apptest.RawClient(t, a.Addr("mqtt"), "q2r", 4, false, false, 0)
 	publish := append([]byte{0x34, 2 + 5 + 2 + 4, 0, 5, 'r', 'e', 's', '/', 't', 0, 9}, "once"...)
 	if _, err := c.Write(publish); err != nil {
 		t.Fatal(err)
 	}
-	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x50 || !bytes.Equal(body, []byte{0, 9}) {
+	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0x50 || !bytes.Equal(body, []byte{0, 9}) {
 		t.Fatalf("want PUBREC 9, got %x %x: %v", typ, body, err)
 	}
 	c.Close()
@@ -183,8 +179,7 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 	got := make(chan string, 10)
 	watcher := apptest.V3(t, apptest.URL(a), "watcher")
 	apptest.Done(t, watcher.Subscribe("res/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
-	c, r = rawClient(t, a.Addr("mqtt"), "q2r", 4, false, true, 0)
-	defer c.Close()
+	c, r = apptest.RawClient(t, a.Addr("mqtt"), "q2r", 4, false, true, 0)
 	publish[0] |= 0x08 // DUP
 	end := append([]byte{0x32, 2 + 5 + 2 + 3, 0, 5, 'r', 'e', 's', '/', 't', 0, 10}, "end"...)
 	for _, step := range []struct{ send, want []byte }{
@@ -195,7 +190,7 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 		if _, err := c.Write(step.send); err != nil {
 			t.Fatal(err)
 		}
-		typ, body, err := readRawPacket(r, nil)
+		typ, body, err := apptest.ReadRawPacket(r, nil)
 		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
 			t.Fatalf("after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
 		}
@@ -219,14 +214,13 @@ func TestQoS2NewPublishUnderPendingID(t *testing.T) {
 	got := make(chan string, 10)
 	watcher := apptest.V3(t, apptest.URL(a), "watcher")
 	apptest.Done(t, watcher.Subscribe("new/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))
-	c, r := rawClient(t, a.Addr("mqtt"), "q2n", 4, true, false, 0)
-	defer c.Close()
+	c, r := apptest.RawClient(t, a.Addr("mqtt"), "q2n", 4, true, false, 0)
 	for _, payload := range []string{"first", "second"} {
 		publish := append([]byte{0x34, byte(2 + 5 + 2 + len(payload)), 0, 5, 'n', 'e', 'w', '/', 't', 0, 9}, payload...)
 		if _, err := c.Write(publish); err != nil {
 			t.Fatal(err)
 		}
-		if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x50 || !bytes.Equal(body, []byte{0, 9}) {
+		if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0x50 || !bytes.Equal(body, []byte{0, 9}) {
 			t.Fatalf("want PUBREC 9, got %x %x: %v", typ, body, err)
 		}
 		select {
@@ -249,7 +243,7 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 	cfg.Store.Durability = "sync"
 	a := apptest.Run(t, cfg)
 	nextPublish := func(r *bufio.Reader) (id []byte, payload string) {
-		typ, body, err := readRawPacket(r, nil)
+		typ, body, err := apptest.ReadRawPacket(r, nil)
 		if err != nil || typ&0xf0 != 0x30 || typ&0x06 != 0x04 {
 			t.Fatalf("want a QoS 2 PUBLISH, got %x %x: %v", typ, body, err)
 		}
@@ -258,12 +252,12 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 		return body[2+tl : 4+tl], string(body[5+tl+props:])
 	}
 
-	c, r := rawClient(t, a.Addr("mqtt"), "rej", 5, true, false, 3600) // a session of an hour
+	c, r := apptest.RawClient(t, a.Addr("mqtt"), "rej", 5, true, false, 3600) // a session of an hour
 	// SUBSCRIBE id 1, no properties, rej/t at QoS 2.
 	if _, err := c.Write(append(append([]byte{0x82, 2 + 1 + 2 + 5 + 1, 0, 1, 0, 0, 5}, "rej/t"...), 2)); err != nil {
 		t.Fatal(err)
 	}
-	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0x90 || body[len(body)-1] != 2 {
+	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0x90 || body[len(body)-1] != 2 {
 		t.Fatalf("suback %x %x: %v", typ, body, err)
 	}
 	pub := apptest.V3(t, apptest.URL(a), "sender")
@@ -278,7 +272,7 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 	if _, err := c.Write([]byte{0x50, 4, id[0], id[1], 0x80, 0, 0xc0, 0}); err != nil {
 		t.Fatal(err)
 	}
-	if typ, body, err := readRawPacket(r, nil); err != nil || typ != 0xd0 {
+	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0xd0 {
 		t.Fatalf("want PINGRESP, got %x %x: %v", typ, body, err)
 	}
 	c.Close()
@@ -286,8 +280,7 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 	apptest.Stop(t, a)
 
 	a = apptest.Run(t, cfg)
-	c, r = rawClient(t, a.Addr("mqtt"), "rej", 5, false, true, 3600)
-	defer c.Close()
+	c, r = apptest.RawClient(t, a.Addr("mqtt"), "rej", 5, false, true, 3600)
 	// A session resends what it has in flight before anything new: the
 	// first message must be this one, not "refused".
 	pub = apptest.V3(t, apptest.URL(a), "sender")
@@ -303,8 +296,7 @@ func TestRefusedQoS2DeliveryIsForgotten(t *testing.T) {
 // the same id subscribes once the publish is complete.
 func TestSubscribeWithAnIDInUse(t *testing.T) {
 	a := apptest.Run(t, apptest.Config(t))
-	c, r := rawClient(t, a.Addr("mqtt"), "inuse", 4, true, false, 0)
-	defer c.Close()
+	c, r := apptest.RawClient(t, a.Addr("mqtt"), "inuse", 4, true, false, 0)
 	subscribe := append([]byte{0x82, 2 + 2 + 5 + 1, 0, 5, 0, 5}, "use/t"...)
 	subscribe = append(subscribe, 1)
 	for _, step := range []struct {
@@ -319,48 +311,9 @@ func TestSubscribeWithAnIDInUse(t *testing.T) {
 		if _, err := c.Write(step.send); err != nil {
 			t.Fatal(err)
 		}
-		typ, body, err := readRawPacket(r, nil)
+		typ, body, err := apptest.ReadRawPacket(r, nil)
 		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
 			t.Fatalf("after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
 		}
 	}
-}
-
-// rawClient connects a raw MQTT client of version 4 (3.1.1) or 5 (with a
-// session expiry of expiry seconds if not 0, no other properties),
-// keep-alive 60, with clean session (clean start) or not, and checks the
-// CONNACK's session present flag.
-func rawClient(t *testing.T, addr, id string, version byte, clean, present bool, expiry uint32) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
-		t.Fatal(err)
-	}
-	var flags, want byte
-	if clean {
-		flags = 2
-	}
-	if present {
-		want = 1
-	}
-	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', version, flags, 0, 60}
-	if version == 5 && expiry > 0 {
-		vh = append(vh, 5, 0x11, byte(expiry>>24), byte(expiry>>16), byte(expiry>>8), byte(expiry))
-	} else if version == 5 {
-		vh = append(vh, 0) // no properties
-	}
-	connect := append([]byte{0x10, byte(len(vh) + 2 + len(id))}, vh...)
-	connect = append(append(connect, 0, byte(len(id))), id...)
-	if _, err := c.Write(connect); err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(c)
-	typ, body, err := readRawPacket(r, nil)
-	if err != nil || typ != 0x20 || len(body) < 2 || body[0] != want || body[1] != 0 {
-		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, want)
-	}
-	return c, r
 }

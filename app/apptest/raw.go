@@ -1,0 +1,79 @@
+package apptest
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// RawClient connects a raw MQTT client, for tests that need packets no
+// client library sends (a chosen packet id, a repeat, a refusal): version 4
+// (3.1.1) or 5 (with a session expiry of expiry seconds if not 0, no other
+// properties), keep-alive 60, clean session (clean start) or not. It checks
+// the CONNACK's session present flag, closes the connection at test end,
+// and returns it with a reader for what the server sends; every read has
+// a deadline of Wait from the connect.
+func RawClient(t testing.TB, addr, id string, version byte, clean, present bool, expiry uint32) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, Wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.SetReadDeadline(time.Now().Add(Wait)); err != nil {
+		t.Fatal(err)
+	}
+	var flags, want byte
+	if clean {
+		flags = 2
+	}
+	if present {
+		want = 1
+	}
+	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', version, flags, 0, 60}
+	if version == 5 && expiry > 0 {
+		vh = append(vh, 5, 0x11, byte(expiry>>24), byte(expiry>>16), byte(expiry>>8), byte(expiry))
+	} else if version == 5 {
+		vh = append(vh, 0) // no properties
+	}
+	connect := append([]byte{0x10, byte(len(vh) + 2 + len(id))}, vh...)
+	connect = append(append(connect, 0, byte(len(id))), id...)
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	typ, body, err := ReadRawPacket(r, nil)
+	if err != nil || typ != 0x20 || len(body) < 2 || body[0] != want || body[1] != 0 {
+		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, want)
+	}
+	return c, r
+}
+
+// ReadRawPacket reads one MQTT packet: its first byte and its body, into
+// buf when it is large enough.
+func ReadRawPacket(r *bufio.Reader, buf []byte) (byte, []byte, error) {
+	typ, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, shift := 0, 0
+	for {
+		c, err := r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n |= int(c&0x7f) << shift
+		if c&0x80 == 0 {
+			break
+		}
+		shift += 7
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	body := buf[:n]
+	_, err = io.ReadFull(r, body)
+	return typ, body, err
+}
