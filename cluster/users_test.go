@@ -222,19 +222,10 @@ func TestSessionMoveKeepsPendingQoS2(t *testing.T) {
 	conn, r = apptest.RawClient(t, b.Addr("mqtt"), "q2", 4, false, true, 0)
 	publish[0] |= 0x08 // DUP
 	end := append([]byte{0x32, 2 + 6 + 2 + 3, 0, 6, 'm', 'o', 'v', 'e', '/', 't', 0, 10}, "end"...)
-	for _, step := range []struct{ send, want []byte }{
-		{publish, []byte{0x50, 0, 9}},
-		{[]byte{0x62, 2, 0, 9}, []byte{0x70, 0, 9}},
-		{end, []byte{0x40, 0, 10}},
-	} {
-		if _, err := conn.Write(step.send); err != nil {
-			t.Fatal(err)
-		}
-		typ, body, err := apptest.ReadRawPacket(r, nil)
-		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
-			t.Fatalf("on b, after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
-		}
-	}
+	apptest.RawExchange(t, conn, r,
+		apptest.RawStep{Send: publish, Want: []byte{0x50, 2, 0, 9}},
+		apptest.RawStep{Send: []byte{0x62, 2, 0, 9}, Want: []byte{0x70, 2, 0, 9}},
+		apptest.RawStep{Send: end, Want: []byte{0x40, 2, 0, 10}})
 	expect(t, in, "move/t", "end") // not "once" first: the repeat was not delivered again
 }
 

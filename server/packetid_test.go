@@ -182,19 +182,10 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 	c, r = apptest.RawClient(t, a.Addr("mqtt"), "q2r", 4, false, true, 0)
 	publish[0] |= 0x08 // DUP
 	end := append([]byte{0x32, 2 + 5 + 2 + 3, 0, 5, 'r', 'e', 's', '/', 't', 0, 10}, "end"...)
-	for _, step := range []struct{ send, want []byte }{
-		{publish, []byte{0x50, 0, 9}},
-		{[]byte{0x62, 2, 0, 9}, []byte{0x70, 0, 9}},
-		{end, []byte{0x40, 0, 10}},
-	} {
-		if _, err := c.Write(step.send); err != nil {
-			t.Fatal(err)
-		}
-		typ, body, err := apptest.ReadRawPacket(r, nil)
-		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
-			t.Fatalf("after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
-		}
-	}
+	apptest.RawExchange(t, c, r,
+		apptest.RawStep{Send: publish, Want: []byte{0x50, 2, 0, 9}},
+		apptest.RawStep{Send: []byte{0x62, 2, 0, 9}, Want: []byte{0x70, 2, 0, 9}},
+		apptest.RawStep{Send: end, Want: []byte{0x40, 2, 0, 10}})
 	select {
 	case m := <-got:
 		if m != "end" {
@@ -299,21 +290,9 @@ func TestSubscribeWithAnIDInUse(t *testing.T) {
 	c, r := apptest.RawClient(t, a.Addr("mqtt"), "inuse", 4, true, false, 0)
 	subscribe := append([]byte{0x82, 2 + 2 + 5 + 1, 0, 5, 0, 5}, "use/t"...)
 	subscribe = append(subscribe, 1)
-	for _, step := range []struct {
-		send []byte
-		want []byte // the answer: first byte, then body
-	}{
-		{append([]byte{0x34, 2 + 5 + 2 + 1, 0, 5, 'u', 's', 'e', '/', 'x', 0, 5}, 'p'), []byte{0x50, 0, 5}},
-		{subscribe, []byte{0x90, 0, 5, 0x80}},
-		{[]byte{0x62, 2, 0, 5}, []byte{0x70, 0, 5}},
-		{subscribe, []byte{0x90, 0, 5, 1}},
-	} {
-		if _, err := c.Write(step.send); err != nil {
-			t.Fatal(err)
-		}
-		typ, body, err := apptest.ReadRawPacket(r, nil)
-		if err != nil || !bytes.Equal(append([]byte{typ}, body...), step.want) {
-			t.Fatalf("after %x: want %x, got %x %x: %v", step.send[0], step.want, typ, body, err)
-		}
-	}
+	apptest.RawExchange(t, c, r,
+		apptest.RawStep{Send: append([]byte{0x34, 2 + 5 + 2 + 1, 0, 5, 'u', 's', 'e', '/', 'x', 0, 5}, 'p'), Want: []byte{0x50, 2, 0, 5}},
+		apptest.RawStep{Send: subscribe, Want: []byte{0x90, 3, 0, 5, 0x80}},
+		apptest.RawStep{Send: []byte{0x62, 2, 0, 5}, Want: []byte{0x70, 2, 0, 5}},
+		apptest.RawStep{Send: subscribe, Want: []byte{0x90, 3, 0, 5, 1}})
 }

@@ -2,6 +2,7 @@ package apptest
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"testing"
@@ -76,4 +77,23 @@ func ReadRawPacket(r *bufio.Reader, buf []byte) (byte, []byte, error) {
 	body := buf[:n]
 	_, err = io.ReadFull(r, body)
 	return typ, body, err
+}
+
+// RawStep is a packet a raw client sends, and the packet it expects back
+// next, as on the wire (under 128 bytes: a one-byte remaining length).
+type RawStep struct{ Send, Want []byte }
+
+// RawExchange sends each step's packet on c and fails t unless the next
+// packet read from r is the step's Want.
+func RawExchange(t testing.TB, c net.Conn, r *bufio.Reader, steps ...RawStep) {
+	t.Helper()
+	for _, step := range steps {
+		if _, err := c.Write(step.Send); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := ReadRawPacket(r, nil)
+		if got := append([]byte{typ, byte(len(body))}, body...); err != nil || len(body) > 127 || !bytes.Equal(got, step.Want) {
+			t.Fatalf("after %x: want %x, got %x: %v", step.Send[0], step.Want, got, err)
+		}
+	}
 }
