@@ -201,7 +201,9 @@ func TestQoS2ResendAfterRestart(t *testing.T) {
 // after a server that went down between its PUBCOMP and forgetting the id:
 // it is delivered, not taken for the old one.
 func TestQoS2NewPublishUnderPendingID(t *testing.T) {
-	a := apptest.Run(t, apptest.Config(t))
+	cfg := apptest.Config(t)
+	cfg.Limits.ReceiveMaximum = 1 // the replaced publish gives its place back
+	a := apptest.Run(t, cfg)
 	got := make(chan string, 10)
 	watcher := apptest.V3(t, apptest.URL(a), "watcher")
 	apptest.Done(t, watcher.Subscribe("new/t", 2, func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) }))

@@ -317,13 +317,17 @@ func (h *MQTTHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.deleteInflight(cl, pk)
 }
 
+// deleteInflight deletes an in-flight message, or a client's pending QoS 2
+// publish (a PUBREC); in sync mode the latter waits for its commit, since
+// the engine sends the PUBCOMP after it, and a record outliving that would
+// take the client's next publish under the id for a repeat.
 func (h *MQTTHook) deleteInflight(cl *mqtt.Client, pk packets.Packet) {
 	if persistent(cl) || h.tracked(cl) {
-		bucket := bucketInflight
 		if pk.FixedHeader.Type == packets.Pubrec {
-			bucket = bucketInbound
+			h.submit(op{kind: opDelete, bucket: bucketInbound, key: inflightKey(cl.ID, pk.PacketID)}, h.wait)
+			return
 		}
-		h.submit(op{kind: opDelete, bucket: bucket, key: inflightKey(cl.ID, pk.PacketID)}, false)
+		h.submit(op{kind: opDelete, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID)}, false)
 	}
 }
 

@@ -88,6 +88,9 @@ type RawStep struct{ Send, Want []byte }
 func RawExchange(t testing.TB, c net.Conn, r *bufio.Reader, steps ...RawStep) {
 	t.Helper()
 	for _, step := range steps {
+		if err := c.SetReadDeadline(time.Now().Add(Wait)); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := c.Write(step.Send); err != nil {
 			t.Fatal(err)
 		}

@@ -1050,6 +1050,8 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		}
 		if cl.State.Inflight.deleteInbound(pk.PacketID) {
 			cl.State.Inflight.IncreaseReceiveQuota()
+			// Storage forgets it too, should this publish be refused below.
+			s.hooks.OnQosDropped(cl, inboundState(pk.PacketID, 0))
 		}
 	}
 	s.throttle(cl) // COLONY PATCH P15
@@ -1613,7 +1615,10 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 		}
 		// COLONY PATCH P25: the hooks are given the message dropped, not
 		// the client's PUBREC: a PUBREC is how they hear of the client's
-		// own QoS 2 publishes (inboundState).
+		// own QoS 2 publishes (inboundState). And a refusing PUBREC gives
+		// the send quota back, as every end of a flow does (MQTT 5 4.9);
+		// upstream did not, so refusals used the quota up.
+		cl.State.Inflight.IncreaseSendQuota()
 		cl.ops.hooks.OnQosDropped(cl, out)
 		return nil // as per MQTT5 Section 4.13.2 paragraph 2
 	}
@@ -1641,17 +1646,15 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 		return nil
 	}
 
-	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
-	err := cl.WritePacket(ack)
-	if err != nil {
-		return err
-	}
-
-	if cl.State.Inflight.deleteInbound(pk.PacketID) { // [MQTT-4.3.3-12]
+	// The id is forgotten, by storage too (in sync mode committed), before
+	// the PUBCOMP goes out [MQTT-4.3.3-12]: a record that outlived the
+	// PUBCOMP would take the client's next publish under that id for a
+	// repeat.
+	if cl.State.Inflight.deleteInbound(pk.PacketID) {
 		cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
 		s.hooks.OnQosComplete(cl, inboundState(pk.PacketID, 0))
 	}
-	return nil
+	return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess)) // [MQTT-4.3.3-11]
 }
 
 // processPubcomp processes a Pubcomp packet, denoting completion of a QOS 2 packet sent from the server.
