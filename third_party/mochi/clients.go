@@ -239,13 +239,7 @@ func (cl *Client) writeItem(it outItem, nb bool) {
 		err = cl.writePacket(*it.pk, nb)
 	}
 	if err != nil {
-		summary := ""
-		if it.shared != nil {
-			summary = it.shared.summary()
-		} else {
-			summary = packetSummary(*it.pk)
-		}
-		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", summary)
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", it.summary())
 	}
 }
 
@@ -416,6 +410,22 @@ func (cl *Client) ClearInflights() {
 		}
 	}
 	for _, id := range cl.State.Inflight.dropInbound(0) { // COLONY PATCH P25
+		cl.ops.hooks.OnQosDropped(cl, inboundState(id, 0))
+	}
+}
+
+// endInbound ends the client's own QoS 2 publish id, if it was waiting for
+// its PUBREL: its place in the receive maximum is given back, and the
+// in-flight hooks hear of it as completed (the PUBREL came) or dropped.
+// COLONY PATCH P25.
+func (cl *Client) endInbound(id uint16, completed bool) {
+	if !cl.State.Inflight.deleteInbound(id) {
+		return
+	}
+	cl.State.Inflight.IncreaseReceiveQuota()
+	if completed {
+		cl.ops.hooks.OnQosComplete(cl, inboundState(id, 0))
+	} else {
 		cl.ops.hooks.OnQosDropped(cl, inboundState(id, 0))
 	}
 }

@@ -52,6 +52,14 @@ type outItem struct {
 	shared *sharedPublish
 }
 
+// summary describes the packet for logs.
+func (it outItem) summary() string {
+	if it.shared != nil {
+		return it.shared.summary()
+	}
+	return packetSummary(*it.pk)
+}
+
 func newOutQueue(limit int, write func([]outItem), drained func()) *outQueue {
 	if limit < 1 {
 		limit = 1

@@ -1048,11 +1048,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		if pk.FixedHeader.Dup {
 			return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess))
 		}
-		if cl.State.Inflight.deleteInbound(pk.PacketID) {
-			cl.State.Inflight.IncreaseReceiveQuota()
-			// Storage forgets it too, should this publish be refused below.
-			s.hooks.OnQosDropped(cl, inboundState(pk.PacketID, 0))
-		}
+		cl.endInbound(pk.PacketID, false) // storage forgets it too, should this publish be refused below
 	}
 	s.throttle(cl) // COLONY PATCH P15
 
@@ -1639,10 +1635,7 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-9]
-		if cl.State.Inflight.deleteInbound(pk.PacketID) {
-			cl.State.Inflight.IncreaseReceiveQuota()
-			s.hooks.OnQosDropped(cl, inboundState(pk.PacketID, 0))
-		}
+		cl.endInbound(pk.PacketID, false)
 		return nil
 	}
 
@@ -1650,10 +1643,7 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	// the PUBCOMP goes out [MQTT-4.3.3-12]: a record that outlived the
 	// PUBCOMP would take the client's next publish under that id for a
 	// repeat.
-	if cl.State.Inflight.deleteInbound(pk.PacketID) {
-		cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
-		s.hooks.OnQosComplete(cl, inboundState(pk.PacketID, 0))
-	}
+	cl.endInbound(pk.PacketID, true)
 	return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess)) // [MQTT-4.3.3-11]
 }
 
