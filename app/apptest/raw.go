@@ -18,6 +18,17 @@ import (
 // a deadline of Wait from the connect.
 func RawClient(t testing.TB, addr, id string, version byte, clean, present bool, expiry uint32) (net.Conn, *bufio.Reader) {
 	t.Helper()
+	var props []byte
+	if version == 5 && expiry > 0 {
+		props = []byte{0x11, byte(expiry >> 24), byte(expiry >> 16), byte(expiry >> 8), byte(expiry)}
+	}
+	return RawClientWith(t, addr, id, version, clean, present, props)
+}
+
+// RawClientWith is RawClient with the CONNECT properties of an MQTT 5
+// client given encoded (under 128 bytes, without their length).
+func RawClientWith(t testing.TB, addr, id string, version byte, clean, present bool, props []byte) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, Wait)
 	if err != nil {
 		t.Fatal(err)
@@ -34,10 +45,8 @@ func RawClient(t testing.TB, addr, id string, version byte, clean, present bool,
 		want = 1
 	}
 	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', version, flags, 0, 60}
-	if version == 5 && expiry > 0 {
-		vh = append(vh, 5, 0x11, byte(expiry>>24), byte(expiry>>16), byte(expiry>>8), byte(expiry))
-	} else if version == 5 {
-		vh = append(vh, 0) // no properties
+	if version == 5 {
+		vh = append(append(vh, byte(len(props))), props...)
 	}
 	connect := append([]byte{0x10, byte(len(vh) + 2 + len(id))}, vh...)
 	connect = append(append(connect, 0, byte(len(id))), id...)

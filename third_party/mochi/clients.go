@@ -379,9 +379,23 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 		return nil
 	}
 
+	// COLONY PATCH P26: the resend counts against the new connection's
+	// Receive Maximum (MQTT 5 4.9: the quota starts afresh); what it does
+	// not let through is held, in order, for the acknowledgements.
+	// Messages the old connection held were never sent: not duplicates.
+	unsent := cl.State.Inflight.heldIDs()
+	cl.State.Inflight.resetHeld()
 	for _, tk := range cl.State.Inflight.GetAll(false) {
 		if tk.FixedHeader.Type == packets.Publish {
-			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			tk.FixedHeader.Dup = !unsent[tk.PacketID] // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			if !cl.State.Inflight.admit(tk.PacketID) {
+				if tk.FixedHeader.Dup {
+					cl.State.Inflight.Set(tk) // goes out later, as a resend too
+				}
+				continue
+			}
+		} else if tk.FixedHeader.Type == packets.Pubrel {
+			cl.State.Inflight.DecreaseSendQuota() // its PUBCOMP gives it back
 		}
 
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
@@ -433,7 +447,15 @@ func (cl *Client) endInbound(id uint16, completed bool) {
 // ClearExpiredInflights deletes any inflight messages which have expired.
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
+	// COLONY PATCH P26: a connected client's messages sent and not yet
+	// acknowledged do not expire: their delivery has started [MQTT-3.3.2-5],
+	// and deleting them lost the send quota they hold. Held ones may.
+	online := !cl.Closed()
+	held := cl.State.Inflight.heldIDs()
 	for _, tk := range cl.State.Inflight.GetAll(false) {
+		if online && !held[tk.PacketID] {
+			continue
+		}
 		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
 
 		// If the maximum message expiry interval is set (greater than 0), and the message

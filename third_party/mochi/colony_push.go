@@ -82,17 +82,13 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 		s.hooks.OnPacketIDExhausted(cl, pk)
 		return s.refusePush(cl, &pk, packets.ErrQuotaExceeded)
 	}
-	out.PacketID = uint16(i) // [MQTT-2.2.1-4]
-	sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
-	if cl.State.Inflight.Set(out) { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+	out.PacketID = uint16(i)               // [MQTT-2.2.1-4]
+	if cl.State.Inflight.setShared(&out) { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 		atomic.AddInt64(&s.Info.Inflight, 1)
 		s.hooks.OnQosPublish(cl, out, out.Created, 0)
-		cl.State.Inflight.DecreaseSendQuota()
 	}
-	if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
-		out.Expiry = -1 // sent when an acknowledgement frees the quota
-		cl.State.Inflight.Set(out)
-		return nil
+	if !cl.State.Inflight.admit(out.PacketID) {
+		return nil // sent when acknowledgements free the quota (P26)
 	}
 
 	switch cl.State.outbound.push(outItem{pk: &out}, 0, nil, false) {

@@ -32,6 +32,24 @@ type Inflight struct {
 	// in flight to it replaced, deleted or was refused because of that
 	// message. The in-flight hooks hear of them as inboundState packets.
 	inbound map[uint16]int64
+
+	// COLONY PATCH P26: messages in internal that wait for send quota (the
+	// client's Receive Maximum), in the order they are to go out, and how
+	// many, for the check after every packet without the lock. Upstream
+	// marked them with Expiry -1, sent one per packet the client sent,
+	// before messages queued meanwhile, and then deleted it from the map:
+	// its PUBACK was ignored, so the quota never came back and delivery
+	// stopped, and a reconnect did not resend it.
+	held  []heldMessage
+	nheld atomic.Int32
+}
+
+// heldMessage identifies a held message: the sequence tells a packet id
+// given out again (the message was acknowledged or expired) from the
+// message that was held. COLONY PATCH P26.
+type heldMessage struct {
+	id  uint16
+	seq uint64
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -101,6 +119,12 @@ func (i *Inflight) Clone() *Inflight {
 	if len(i.inbound) > 0 { // COLONY PATCH P25
 		c.inbound = maps.Clone(i.inbound)
 	}
+	for _, h := range i.held { // COLONY PATCH P26: never sent, so not resent as duplicates
+		if i.isHeld(h) {
+			c.held = append(c.held, h)
+		}
+	}
+	c.nheld.Store(int32(len(c.held)))
 	return c
 }
 
@@ -204,19 +228,90 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	return m
 }
 
-// NextImmediate returns the next inflight packet which is indicated to be sent immediately.
-// This typically occurs when the quota has been exhausted, and we need to wait until new quota
-// is free to continue sending.
-func (i *Inflight) NextImmediate() (packets.Packet, bool) {
+// admit takes send quota for the message id, just set, or holds it until
+// acknowledgements free some: it reports whether the message may be sent
+// now. Once one message is held, later ones wait behind it, so that they
+// go out in order. Without a Receive Maximum there is no quota to take.
+// COLONY PATCH P26.
+func (i *Inflight) admit(id uint16) bool {
+	if atomic.LoadInt32(&i.maximumSendQuota) <= 0 {
+		return true
+	}
+	i.Lock()
+	defer i.Unlock()
+	for len(i.held) > 0 && !i.isHeld(i.held[0]) {
+		i.popHeld()
+	}
+	if len(i.held) == 0 && atomic.LoadInt32(&i.sendQuota) > 0 {
+		atomic.AddInt32(&i.sendQuota, -1)
+		return true
+	}
+	i.held = append(i.held, heldMessage{id: id, seq: i.order[id]})
+	i.nheld.Store(int32(len(i.held)))
+	return false
+}
+
+// releaseHeld takes send quota for held messages, in order, while there is
+// some, and appends them to dst for sending. COLONY PATCH P26.
+func (i *Inflight) releaseHeld(dst []*packets.Packet) []*packets.Packet {
+	if i.nheld.Load() == 0 {
+		return dst
+	}
+	i.Lock()
+	defer i.Unlock()
+	for len(i.held) > 0 {
+		if h := i.held[0]; i.isHeld(h) {
+			if atomic.LoadInt32(&i.sendQuota) <= 0 {
+				break
+			}
+			atomic.AddInt32(&i.sendQuota, -1)
+			dst = append(dst, i.internal[h.id])
+		}
+		i.popHeld()
+	}
+	return dst
+}
+
+// heldIDs returns the ids of the held messages. COLONY PATCH P26.
+func (i *Inflight) heldIDs() map[uint16]bool {
+	if i.nheld.Load() == 0 {
+		return nil
+	}
 	i.RLock()
 	defer i.RUnlock()
-
-	m := i.GetAll(true)
-	if len(m) > 0 {
-		return m[0], true
+	ids := make(map[uint16]bool, len(i.held))
+	for _, h := range i.held {
+		if i.isHeld(h) {
+			ids[h.id] = true
+		}
 	}
+	return ids
+}
 
-	return packets.Packet{}, false
+// resetHeld forgets every hold, for a new connection, which holds again
+// what its Receive Maximum does not let through. COLONY PATCH P26.
+func (i *Inflight) resetHeld() {
+	i.Lock()
+	defer i.Unlock()
+	i.held = nil
+	i.nheld.Store(0)
+}
+
+// isHeld reports whether h is still the message it held (not acknowledged,
+// expired or replaced by a new message under its id). The lock is held.
+func (i *Inflight) isHeld(h heldMessage) bool {
+	_, ok := i.internal[h.id]
+	return ok && i.order[h.id] == h.seq
+}
+
+// popHeld drops the first hold. The lock is held.
+func (i *Inflight) popHeld() {
+	i.held[0] = heldMessage{}
+	i.held = i.held[1:]
+	if len(i.held) == 0 {
+		i.held = nil // the backing array goes with the burst
+	}
+	i.nheld.Store(int32(len(i.held)))
 }
 
 // Delete removes an in-flight message from the map. Returns true if the message existed.

@@ -876,18 +876,24 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
-	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
-		next, ok := cl.State.Inflight.NextImmediate()
-		if ok {
-			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
-			cl.State.Inflight.DecreaseSendQuota()
-		}
+	// COLONY PATCH P26: an acknowledgement gave send quota back; messages
+	// held for it go out, in order, behind whatever is queued already.
+	if cl.State.Inflight.nheld.Load() > 0 {
+		s.sendHeld(cl)
 	}
 
 	return nil
+}
+
+// sendHeld queues the messages held for send quota that the quota now
+// lets through. They stay in flight: acknowledged, they free the quota
+// again; not, they are resent on reconnect. COLONY PATCH P26.
+func (s *Server) sendHeld(cl *Client) {
+	for _, pk := range cl.State.Inflight.releaseHeld(nil) {
+		if err := s.enqueue(cl, outItem{pk: pk}, pk.FixedHeader.Qos, pk, s.Options.Capabilities.SlowClientPatience, false); err != nil {
+			return // disconnected or stalled: the session keeps them in flight
+		}
+	}
 }
 
 // processConnect processes a Connect packet. The packet cannot be used to establish
@@ -1453,20 +1459,17 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 		}
 
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
-		sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
 
 		// COLONY PATCH P24: in flight and in the queue, one copy; out is
 		// not changed after this.
 		if ok := cl.State.Inflight.setShared(&out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
-			cl.State.Inflight.DecreaseSendQuota()
 		}
 
-		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
-			later := out
-			later.Expiry = -1
-			cl.State.Inflight.Set(later)
+		// COLONY PATCH P26: over the client's Receive Maximum, the message
+		// waits in flight, in order, for acknowledgements (sendHeld).
+		if !cl.State.Inflight.admit(out.PacketID) {
 			return nil
 		}
 	}
