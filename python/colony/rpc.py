@@ -14,7 +14,8 @@ of the cluster to the Go nodes:
   uid, uname when known); replies carry the JSON result, or an empty body
   and the headers error_code and error;
 * calls use RabbitMQ direct reply-to and mandatory publishing, so a call to
-  a module nobody serves fails at once with not_found;
+  a module nobody serves fails at once with not_found (unavailable while a
+  node that announced it still counts as alive: it is reconnecting);
 * the node announces itself on <prefix>.presence: hello when it connects,
   every beat, and bye when it closes.
 
@@ -538,7 +539,19 @@ class Peer:
 
     def _on_return(self, _ch, method, props, _body):
         if method.reply_code == _NO_ROUTE:
-            err = ColonyRPCError(NOT_FOUND, f'no node serves "{method.routing_key}"')
+            # No queue for the key. If a node that announced the module (or
+            # the node the call was pinned to) still counts as alive, its
+            # queue is missing only until it reconnects: unavailable.
+            module, _, node = method.routing_key.partition("@")
+            now = time.monotonic()
+            with self._lock:
+                alive = any(module in i.modules and now - i.last_seen <= life and node in ("", i.node)
+                            for i, life in self._peers.values())
+            if alive:
+                err = ColonyRPCError(UNAVAILABLE, f'no queue bound for "{method.routing_key}": '
+                                                  "its node is reconnecting to rabbitmq or has just stopped")
+            else:
+                err = ColonyRPCError(NOT_FOUND, f'no node serves "{method.routing_key}"')
         else:
             err = ColonyRPCError(UNAVAILABLE, f'rabbitmq returned call to "{method.routing_key}": '
                                               f"{method.reply_code} {method.reply_text}")

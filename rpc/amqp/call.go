@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
@@ -58,16 +59,24 @@ func (s *session) dispatch(replies <-chan amqp091.Delivery, returns <-chan amqp0
 				continue
 			}
 			s.t.stats.returned.Add(1)
-			s.resolve(r.CorrelationId, result{err: returnError(r)})
+			s.resolve(r.CorrelationId, result{err: s.t.returnError(r)})
 		}
 	}
 }
 
 // returnError explains why RabbitMQ returned a request. NO_ROUTE means no
 // queue is bound for the routing key: nobody serves the module (or the
-// node the call was pinned to does not).
-func returnError(r amqp091.Return) error {
+// node the call was pinned to does not), unless a node that announced it
+// is still counted alive. Then its queue is only missing for now: the node
+// is reconnecting after a RabbitMQ restart, or just died and may come
+// back, so the call is unavailable (worth retrying), not not_found, until
+// the node re-declares its queue or misses its beats.
+func (t *Transport) returnError(r amqp091.Return) error {
 	if r.ReplyCode == amqp091.NoRoute {
+		module, node, _ := strings.Cut(r.RoutingKey, "@")
+		if t.peers.alive(module, node) {
+			return rpc.Errorf(rpc.CodeUnavailable, "no queue bound for %q: its node is reconnecting to rabbitmq or has just stopped", r.RoutingKey)
+		}
 		return rpc.Errorf(rpc.CodeNotFound, "no node serves %q", r.RoutingKey)
 	}
 	return rpc.Errorf(rpc.CodeUnavailable, "rabbitmq returned call to %q: %d %s", r.RoutingKey, r.ReplyCode, r.ReplyText)

@@ -51,7 +51,10 @@
 // and dropped without a reply, the caller having given up already.
 //
 // A request no queue is bound for is returned by RabbitMQ (basic.return,
-// 312 NO_ROUTE) and the caller fails at once with not_found; expiration
+// 312 NO_ROUTE) and the caller fails at once: with unavailable while a
+// node that announced the module (or the node the call was pinned to) is
+// still counted alive, its queue missing only until it reconnects, and
+// with not_found otherwise; expiration
 // makes RabbitMQ drop a request nobody took before the caller gave up. A
 // notify is published with mandatory=false and no reply_to.
 //

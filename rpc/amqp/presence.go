@@ -27,6 +27,7 @@ type NodeInfo struct {
 // peer is one remote node. seen and life are atomic because Serves reads
 // them on every call without taking the table's lock.
 type peer struct {
+	id   string       // the node's id; never changes
 	info NodeInfo     // guarded by peerTable.mu
 	seen atomic.Int64 // unix nanoseconds of the last announcement
 	life atomic.Int64 // nanoseconds of silence after which the peer is gone
@@ -80,6 +81,18 @@ func (pt *peerTable) serves(module string, connected bool) bool {
 	return false
 }
 
+// alive reports whether a live peer announced module; with node set, that
+// peer must be node.
+func (pt *peerTable) alive(module, node string) bool {
+	now := time.Now().UnixNano()
+	for _, p := range (*pt.byModule.Load())[module] {
+		if p.alive(now) && (node == "" || p.id == node) {
+			return true
+		}
+	}
+	return false
+}
+
 // observe records an announcement. It reports whether the sender is new
 // or asked to hear from its peers, in which case this node should announce
 // itself without waiting for its next beat.
@@ -108,7 +121,7 @@ func (t *Transport) observe(a Announcement, now time.Time) (answer bool) {
 	mods = slices.Compact(mods)
 	joined := p == nil
 	if joined {
-		p = &peer{}
+		p = &peer{id: a.Node}
 		pt.nodes[a.Node] = p
 	}
 	changed := joined || !slices.Equal(p.info.Modules, mods)

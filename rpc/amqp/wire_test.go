@@ -86,8 +86,17 @@ func TestErrorHeaders(t *testing.T) {
 	if replyError(amqp091.Table{}) != nil {
 		t.Error("a reply without error_code is an error")
 	}
-	if !errors.Is(returnError(amqp091.Return{ReplyCode: amqp091.NoRoute, RoutingKey: "m"}), rpc.ErrNotFound) {
-		t.Error("NO_ROUTE is not not_found")
+	var tr Transport
+	tr.opts.Beat = time.Minute
+	tr.peers.init()
+	if !errors.Is(tr.returnError(amqp091.Return{ReplyCode: amqp091.NoRoute, RoutingKey: "m"}), rpc.ErrNotFound) {
+		t.Error("NO_ROUTE for a module nobody announced is not not_found")
+	}
+	tr.observe(Announcement{Node: "n", Modules: []string{"m"}}, time.Now())
+	for key, want := range map[string]error{"m": rpc.ErrUnavailable, "m@n": rpc.ErrUnavailable, "m@other": rpc.ErrNotFound, "x": rpc.ErrNotFound} {
+		if err := tr.returnError(amqp091.Return{ReplyCode: amqp091.NoRoute, RoutingKey: key}); !errors.Is(err, want) {
+			t.Errorf("NO_ROUTE for %s while n announces m: %v, want %v", key, err, want)
+		}
 	}
 }
 
