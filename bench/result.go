@@ -36,6 +36,11 @@ type ServerRSS struct {
 	EndKB int64 `json:"end_kb"`
 	// HWMKB is VmHWM at the end: the process's peak RSS over its lifetime.
 	HWMKB int64 `json:"hwm_kb"`
+	// BeforeAnonKB and PeakAnonKB are RssAnon, the part of VmRSS that is
+	// the process's own memory rather than pages of its executable and
+	// libraries, before the run and at its largest sample.
+	BeforeAnonKB int64 `json:"before_anon_kb"`
+	PeakAnonKB   int64 `json:"peak_anon_kb"`
 	// AfterKB (Idle) is VmRSS once every connection is open and a
 	// one-second settle has passed.
 	AfterKB int64 `json:"after_kb,omitempty"`
@@ -183,6 +188,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 		} else {
 			row("server rss", "before %s  peak %s  end %s", mb(s.BeforeKB), mb(s.PeakKB), mb(s.EndKB))
 		}
+		row("server anon", "before %s  peak %s  (RssAnon: without the executable's and libraries' pages)", mb(s.BeforeAnonKB), mb(s.PeakAnonKB))
 	}
 	if r.Interrupted {
 		row("interrupted", "yes: the counts cover the run until then")

@@ -160,7 +160,7 @@ func (r *runner) startRSS(res *Result) (*sampler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: %w", r.cfg.PID, err)
 	}
-	res.ServerRSS = &ServerRSS{PID: r.cfg.PID, BeforeKB: before}
+	res.ServerRSS = &ServerRSS{PID: r.cfg.PID, BeforeKB: before.rss, BeforeAnonKB: before.anon}
 	return s, nil
 }
 

@@ -95,7 +95,8 @@ func TestFanInSamplesServerMemory(t *testing.T) {
 	r := run(t, bench.Config{URL: apptest.URL(a), Scenario: bench.FanIn, Count: 300, QoS: 1, PID: os.Getpid()})
 	exact(t, r, 1200, 1200)
 	m := r.ServerRSS
-	if m == nil || m.PID != os.Getpid() || m.BeforeKB <= 0 || m.PeakKB < m.BeforeKB || m.EndKB <= 0 || m.HWMKB <= 0 {
+	if m == nil || m.PID != os.Getpid() || m.BeforeKB <= 0 || m.PeakKB < m.BeforeKB || m.EndKB <= 0 || m.HWMKB <= 0 ||
+		m.BeforeAnonKB <= 0 || m.PeakAnonKB < m.BeforeAnonKB || m.PeakAnonKB > m.PeakKB {
 		t.Fatalf("server rss %+v", m)
 	}
 }

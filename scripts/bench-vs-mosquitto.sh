@@ -227,6 +227,7 @@ for q in 0 1; do
   row "$s" "lost % (of $((4 * c)), worst round)" .lost_pct 1 2 low worst
   row "$s" "deliveries/s" .msgs_per_sec 1 0 high
   row "$s" "peak server RSS, MB" .server_rss.peak_kb 1024 1 low
+  row "$s" "peak server RssAnon, MB" .server_rss.peak_anon_kb 1024 1 low
 done
 if picked fanout; then
   row fanout "deliveries/s" .msgs_per_sec 1 0 high
@@ -240,5 +241,6 @@ fi
 if picked idle; then
   row idle "connections open (worst round)" .connected 1 0 high least
   row idle "fresh server RSS, MB" .server_rss.before_kb 1024 1 low
+  row idle "fresh server RssAnon, MB" .server_rss.before_anon_kb 1024 1 low
   row idle "RSS per connection, KB" .server_rss.per_conn_bytes 1024 2 low
 fi
