@@ -42,61 +42,74 @@ func TestSmallReceiveMaximumGetsEverything(t *testing.T) {
 	}
 }
 
+// rawSubscriber connects an MQTT 5 raw client with the CONNECT properties
+// props (clean start) and subscribes it to the one-level topic at qos.
+func rawSubscriber(t *testing.T, addr, id string, props []byte, topic string, qos byte) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, r := apptest.RawClientWith(t, addr, id, 5, true, false, props)
+	sub := append([]byte{0x82, byte(2 + 1 + 2 + len(topic) + 1), 0, 1, 0, 0, byte(len(topic))}, topic...)
+	apptest.RawExchange(t, c, r, apptest.RawStep{Send: append(sub, qos), Want: []byte{0x90, 4, 0, 1, 0, qos}})
+	return c, r
+}
+
+// rawPublish reads an MQTT 5 PUBLISH (QoS 1 or 2, properties under 128
+// bytes) and checks its payload and DUP flag; it returns its packet id.
+func rawPublish(t *testing.T, r *bufio.Reader, payload string, dup bool) (id [2]byte) {
+	t.Helper()
+	typ, body, err := apptest.ReadRawPacket(r, nil)
+	if err != nil || typ&0xf0 != 0x30 {
+		t.Fatalf("want PUBLISH %s, got %x %x: %v", payload, typ, body, err)
+	}
+	tl := int(body[0])<<8 | int(body[1])
+	props := int(body[4+tl])
+	if got := string(body[5+tl+props:]); got != payload || (typ&0x08 != 0) != dup {
+		t.Fatalf("want PUBLISH %s (dup %v), got %q (flags %x)", payload, dup, got, typ&0x0f)
+	}
+	return [2]byte{body[2+tl], body[3+tl]}
+}
+
+// rawSend writes b to c.
+func rawSend(t *testing.T, c net.Conn, b ...byte) {
+	t.Helper()
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestReceiveMaximumAcrossReconnect: a subscriber with Receive Maximum 2
 // gets two messages, and the three published after them wait. It leaves
 // without acknowledging and comes back: the two are resent (DUP) and the
 // three still wait, since the quota counts the resent ones; each
 // acknowledgement then lets the next one through, in order, without DUP:
-// they were never sent. Upstream mochi
-// resent all five at once and, before that, deleted a held message from
-// the session once it was sent, so its acknowledgement was ignored.
+// they were never sent. Upstream mochi resent all five at once and, before
+// that, deleted a held message from the session once it was sent, so its
+// acknowledgement was ignored.
 func TestReceiveMaximumAcrossReconnect(t *testing.T) {
 	a := apptest.Run(t, apptest.Config(t))
 	props := []byte{0x11, 0, 0, 0x0e, 0x10, 0x21, 0, 2} // session expiry 3600 s, Receive Maximum 2
-	c, r := apptest.RawClientWith(t, a.Addr("mqtt"), "rmx", 5, true, false, props)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 10, 0, 1, 0, 0, 4, 'r', 'm', '/', 't', 1},
-		Want: []byte{0x90, 4, 0, 1, 0, 1},
-	})
+	c, r := rawSubscriber(t, a.Addr("mqtt"), "rmx", props, "rm/t", 1)
 	pub := apptest.V3(t, apptest.URL(a), "rmx-pub")
 	for i := range 5 {
 		apptest.Done(t, pub.Publish("rm/t", 1, false, fmt.Sprint(i)))
-	}
-	expect := func(r *bufio.Reader, payload string, dup bool) []byte {
-		t.Helper()
-		typ, body, err := apptest.ReadRawPacket(r, nil)
-		if err != nil || typ&0xf0 != 0x30 {
-			t.Fatalf("want PUBLISH %s, got %x %x: %v", payload, typ, body, err)
-		}
-		tl := int(body[0])<<8 | int(body[1])
-		props := int(body[4+tl]) // below 128 here
-		if got := string(body[5+tl+props:]); got != payload || (typ&0x08 != 0) != dup {
-			t.Fatalf("want PUBLISH %s (dup %v), got %q (flags %x)", payload, dup, got, typ&0x0f)
-		}
-		return []byte{0x40, 2, body[2+tl], body[3+tl]} // its PUBACK
 	}
 	quiet := func(c net.Conn) { // nothing sent beyond the quota: PINGRESP comes next
 		t.Helper()
 		apptest.RawExchange(t, c, r, apptest.RawStep{Send: []byte{0xc0, 0}, Want: []byte{0xd0, 0}})
 	}
-	expect(r, "0", false)
-	expect(r, "1", false)
+	rawPublish(t, r, "0", false)
+	rawPublish(t, r, "1", false)
 	quiet(c)
 	c.Close()
 
 	c, r = apptest.RawClientWith(t, a.Addr("mqtt"), "rmx", 5, false, true, props)
-	acks := [][]byte{expect(r, "0", true), expect(r, "1", true)}
+	unacked := [][2]byte{rawPublish(t, r, "0", true), rawPublish(t, r, "1", true)}
 	quiet(c)
 	for i := 2; i < 5; i++ {
-		if _, err := c.Write(acks[0]); err != nil {
-			t.Fatal(err)
-		}
-		acks = append(acks[1:], expect(r, fmt.Sprint(i), false)) // never sent before
+		rawSend(t, c, 0x40, 2, unacked[0][0], unacked[0][1])                  // PUBACK
+		unacked = append(unacked[1:], rawPublish(t, r, fmt.Sprint(i), false)) // never sent before
 	}
-	for _, ack := range acks {
-		if _, err := c.Write(ack); err != nil {
-			t.Fatal(err)
-		}
+	for _, id := range unacked {
+		rawSend(t, c, 0x40, 2, id[0], id[1])
 	}
 	quiet(c)
 }
@@ -109,11 +122,7 @@ func TestReceiveMaximumAcrossReconnect(t *testing.T) {
 // Maximum 1, nothing was ever sent to the client again.
 func TestSentMessageOutlivesItsExpiry(t *testing.T) {
 	a := apptest.Run(t, apptest.Config(t))
-	c, r := apptest.RawClientWith(t, a.Addr("mqtt"), "exp", 5, true, false, []byte{0x21, 0, 1}) // Receive Maximum 1
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 10, 0, 1, 0, 0, 4, 'e', 'x', '/', 't', 1},
-		Want: []byte{0x90, 4, 0, 1, 0, 1},
-	})
+	c, r := rawSubscriber(t, a.Addr("mqtt"), "exp", []byte{0x21, 0, 1}, "ex/t", 1) // Receive Maximum 1
 	pub := apptest.V5(t, a.Addr("mqtt"), &paho.Connect{ClientID: "exp-pub", CleanStart: true})
 	second := uint32(1)
 	for i, props := range []*paho.PublishProperties{{MessageExpiry: &second}, nil} {
@@ -121,19 +130,12 @@ func TestSentMessageOutlivesItsExpiry(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	typ, body, err := apptest.ReadRawPacket(r, nil)
-	if err != nil || typ&0xf0 != 0x30 || body[len(body)-1] != '0' {
-		t.Fatalf("want PUBLISH 0, got %x %x: %v", typ, body, err)
-	}
+	id := rawPublish(t, r, "0", false)
 	// Past the expiry and the server's once-a-second sweep of in-flight
 	// messages, acknowledge it.
 	time.Sleep(3200 * time.Millisecond)
-	if _, err := c.Write([]byte{0x40, 2, body[6], body[7]}); err != nil {
-		t.Fatal(err)
-	}
-	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ&0xf0 != 0x30 || body[len(body)-1] != '1' {
-		t.Fatalf("want PUBLISH 1 after the late PUBACK, got %x %x: %v", typ, body, err)
-	}
+	rawSend(t, c, 0x40, 2, id[0], id[1])
+	rawPublish(t, r, "1", false)
 }
 
 // TestRefusedPubrecGivesQuotaBack: a PUBREC that refuses a QoS 2 message
@@ -142,22 +144,11 @@ func TestSentMessageOutlivesItsExpiry(t *testing.T) {
 // used up, and the client got nothing more.
 func TestRefusedPubrecGivesQuotaBack(t *testing.T) {
 	a := apptest.Run(t, apptest.Config(t))
-	c, r := apptest.RawClientWith(t, a.Addr("mqtt"), "rq", 5, true, false, []byte{0x21, 0, 1}) // Receive Maximum 1
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 10, 0, 1, 0, 0, 4, 'r', 'q', '/', 't', 2},
-		Want: []byte{0x90, 4, 0, 1, 0, 2},
-	})
+	c, r := rawSubscriber(t, a.Addr("mqtt"), "rq", []byte{0x21, 0, 1}, "rq/t", 2) // Receive Maximum 1
 	pub := apptest.V3(t, apptest.URL(a), "rq-pub")
 	apptest.Done(t, pub.Publish("rq/t", 2, false, "0"))
 	apptest.Done(t, pub.Publish("rq/t", 2, false, "1"))
-	typ, body, err := apptest.ReadRawPacket(r, nil)
-	if err != nil || typ&0xf0 != 0x30 || body[len(body)-1] != '0' {
-		t.Fatalf("want PUBLISH 0, got %x %x: %v", typ, body, err)
-	}
-	if _, err := c.Write([]byte{0x50, 4, body[6], body[7], 0x80, 0}); err != nil { // PUBREC: unspecified error
-		t.Fatal(err)
-	}
-	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ&0xf0 != 0x30 || body[len(body)-1] != '1' {
-		t.Fatalf("want PUBLISH 1 after the refusal, got %x %x: %v", typ, body, err)
-	}
+	id := rawPublish(t, r, "0", false)
+	rawSend(t, c, 0x50, 4, id[0], id[1], 0x80, 0) // PUBREC: unspecified error
+	rawPublish(t, r, "1", false)
 }
