@@ -375,40 +375,17 @@ func (cl *Client) NextPacketID() (i uint32, err error) {
 
 // ResendInflightMessages attempts to resend any pending inflight messages to connected clients.
 func (cl *Client) ResendInflightMessages(force bool) error {
-	if cl.State.Inflight.Len() == 0 {
-		return nil
-	}
-
 	// COLONY PATCH P26: the resend counts against the new connection's
 	// Receive Maximum (MQTT 5 4.9: the quota starts afresh); what it does
-	// not let through is held, in order, for the acknowledgements.
-	// Messages the old connection held were never sent: not duplicates.
-	unsent := cl.State.Inflight.heldIDs()
-	cl.State.Inflight.resetHeld()
-	for _, tk := range cl.State.Inflight.GetAll(false) {
-		if tk.FixedHeader.Type == packets.Publish {
-			tk.FixedHeader.Dup = !unsent[tk.PacketID] // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
-			if !cl.State.Inflight.admit(tk.PacketID) {
-				if tk.FixedHeader.Dup {
-					cl.State.Inflight.Set(tk) // goes out later, as a resend too
-				}
-				continue
-			}
-		} else if tk.FixedHeader.Type == packets.Pubrel {
-			cl.State.Inflight.DecreaseSendQuota() // its PUBCOMP gives it back
-		}
-
+	// not let through is held, in order, for the acknowledgements, and so
+	// is what publishers gave the client since it could be found: it goes
+	// after the session's messages. Messages the old connection held were
+	// never sent: not duplicates (unless sent on one before).
+	for _, tk := range cl.State.Inflight.resendPlan() {
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
 		err := cl.WritePacket(tk)
 		if err != nil {
 			return err
-		}
-
-		if tk.FixedHeader.Type == packets.Puback || tk.FixedHeader.Type == packets.Pubcomp {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-				cl.ops.hooks.OnQosComplete(cl, tk)
-				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-			}
 		}
 	}
 
@@ -447,26 +424,31 @@ func (cl *Client) endInbound(id uint16, completed bool) {
 // ClearExpiredInflights deletes any inflight messages which have expired.
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
-	// COLONY PATCH P26: a connected client's messages sent and not yet
-	// acknowledged do not expire: their delivery has started [MQTT-3.3.2-5],
-	// and deleting them lost the send quota they hold. Held ones may.
-	online := !cl.Closed()
-	held := cl.State.Inflight.heldIDs()
-	for _, tk := range cl.State.Inflight.GetAll(false) {
-		if online && !held[tk.PacketID] {
-			continue
+	expired := func(tk *packets.Packet) bool {
+		return tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now || // [MQTT-3.3.2-5]
+			// If the maximum message expiry interval is set (greater than 0), and the message
+			// retention period exceeds the maximum expiry, the message will be forcibly removed.
+			maximumExpiry > 0 && now-tk.Created > maximumExpiry
+	}
+	if !cl.Closed() {
+		// COLONY PATCH P26: a connected client's messages sent and not yet
+		// acknowledged do not expire: their delivery has started
+		// [MQTT-3.3.2-5], and deleting them lost the send quota they hold.
+		// Held ones may: looked at and deleted under one lock, so that one
+		// released meanwhile is not taken for held.
+		for _, tk := range cl.State.Inflight.dropHeld(expired) {
+			cl.ops.hooks.OnQosDropped(cl, tk)
+			atomic.AddInt64(&cl.ops.info.Inflight, -1)
+			deleted = append(deleted, tk.PacketID)
 		}
-		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
-
-		// If the maximum message expiry interval is set (greater than 0), and the message
-		// retention period exceeds the maximum expiry, the message will be forcibly removed.
-		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
-
-		if expired || enforced {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-				cl.ops.hooks.OnQosDropped(cl, tk)
-				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-				deleted = append(deleted, tk.PacketID)
+	} else {
+		for _, tk := range cl.State.Inflight.GetAll(false) {
+			if expired(&tk) {
+				if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+					cl.ops.hooks.OnQosDropped(cl, tk)
+					atomic.AddInt64(&cl.ops.info.Inflight, -1)
+					deleted = append(deleted, tk.PacketID)
+				}
 			}
 		}
 	}

@@ -97,6 +97,9 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 	default: // the queue filled up since full() said no
 		if cl.State.Inflight.Delete(out.PacketID) {
 			atomic.AddInt64(&s.Info.Inflight, -1)
+			// The quota goes back without sendHeld, which may wait for
+			// room in the queue (a push never waits): a message held
+			// meanwhile goes out with the client's next packet.
 			cl.State.Inflight.IncreaseSendQuota()
 			s.hooks.OnQosDropped(cl, out)
 		}

@@ -42,6 +42,12 @@ type Inflight struct {
 	// stopped, and a reconnect did not resend it.
 	held  []heldMessage
 	nheld atomic.Int32
+
+	// resending: a new connection is to resend the session's messages, the
+	// ones up to resendSeq, before anything newer goes out (beginResend,
+	// resendPlan); admit holds every message until then.
+	resending bool
+	resendSeq uint64
 }
 
 // heldMessage identifies a held message: the sequence tells a packet id
@@ -242,7 +248,7 @@ func (i *Inflight) admit(id uint16) bool {
 	for len(i.held) > 0 && !i.isHeld(i.held[0]) {
 		i.popHeld()
 	}
-	if len(i.held) == 0 && atomic.LoadInt32(&i.sendQuota) > 0 {
+	if len(i.held) == 0 && !i.resending && atomic.LoadInt32(&i.sendQuota) > 0 {
 		atomic.AddInt32(&i.sendQuota, -1)
 		return true
 	}
@@ -272,29 +278,100 @@ func (i *Inflight) releaseHeld(dst []*packets.Packet) []*packets.Packet {
 	return dst
 }
 
-// heldIDs returns the ids of the held messages. COLONY PATCH P26.
-func (i *Inflight) heldIDs() map[uint16]bool {
+// dropHeld deletes the held messages that drop selects and returns them.
+// It looks and deletes under one lock, so that a message released
+// meanwhile (sent, holding send quota until its acknowledgement) is not
+// among them. COLONY PATCH P26.
+func (i *Inflight) dropHeld(drop func(*packets.Packet) bool) []packets.Packet {
 	if i.nheld.Load() == 0 {
 		return nil
 	}
-	i.RLock()
-	defer i.RUnlock()
-	ids := make(map[uint16]bool, len(i.held))
-	for _, h := range i.held {
-		if i.isHeld(h) {
-			ids[h.id] = true
-		}
-	}
-	return ids
-}
-
-// resetHeld forgets every hold, for a new connection, which holds again
-// what its Receive Maximum does not let through. COLONY PATCH P26.
-func (i *Inflight) resetHeld() {
 	i.Lock()
 	defer i.Unlock()
-	i.held = nil
-	i.nheld.Store(0)
+	var dropped []packets.Packet
+	for _, h := range i.held {
+		if i.isHeld(h) && drop(i.internal[h.id]) {
+			dropped = append(dropped, *i.internal[h.id])
+			delete(i.internal, h.id)
+			delete(i.order, h.id)
+		}
+	}
+	return dropped
+}
+
+// beginResend marks the messages in flight now as the session a new
+// connection resends before anything newer: until resendPlan, admit holds
+// every message. It is called before the client can be found by
+// publishers. COLONY PATCH P26.
+func (i *Inflight) beginResend() {
+	i.Lock()
+	defer i.Unlock()
+	i.resending = true
+	i.resendSeq = i.seq
+}
+
+// resendPlan returns, in order, what a new connection (its send quota just
+// reset) resends at once: PUBLISH (DUP unless held and never sent) and
+// PUBREL, taking send quota. The messages its Receive Maximum does not let
+// through are held, before those set since beginResend. COLONY PATCH P26.
+func (i *Inflight) resendPlan() []packets.Packet {
+	i.Lock()
+	defer i.Unlock()
+	cut := i.seq
+	if i.resending {
+		cut = i.resendSeq
+	}
+	unsent := map[uint16]bool{}
+	var later []heldMessage
+	for _, h := range i.held {
+		if !i.isHeld(h) {
+			continue
+		}
+		if h.seq <= cut {
+			unsent[h.id] = true // held by the old connection: never sent
+		} else {
+			later = append(later, h) // held since beginResend: goes after
+		}
+	}
+	ids := make([]uint16, 0, len(i.internal))
+	for id := range i.internal {
+		if i.order[id] <= cut {
+			ids = append(ids, id)
+		}
+	}
+	sort.Slice(ids, func(a, b int) bool { return i.order[ids[a]] < i.order[ids[b]] })
+	limited := atomic.LoadInt32(&i.maximumSendQuota) > 0
+	var out []packets.Packet
+	var held []heldMessage
+	for _, id := range ids {
+		pk := *i.internal[id]
+		switch pk.FixedHeader.Type {
+		case packets.Publish:
+			pk.FixedHeader.Dup = pk.FixedHeader.Dup || !unsent[id] // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			if limited && (len(held) > 0 || atomic.LoadInt32(&i.sendQuota) <= 0) {
+				held = append(held, heldMessage{id: id, seq: i.order[id]})
+				if pk.FixedHeader.Dup {
+					i.internal[id] = &pk // goes out later, as a resend too (replaced, not changed: P24)
+				}
+				continue
+			}
+			if limited {
+				atomic.AddInt32(&i.sendQuota, -1)
+			}
+		case packets.Pubrel:
+			if limited && atomic.LoadInt32(&i.sendQuota) > 0 {
+				atomic.AddInt32(&i.sendQuota, -1) // its PUBCOMP gives it back
+			}
+		}
+		out = append(out, pk)
+	}
+	i.held = append(held, later...)
+	if len(i.held) == 0 {
+		i.held = nil
+	}
+	i.nheld.Store(int32(len(i.held)))
+	i.resending = false
+	return out
 }
 
 // isHeld reports whether h is still the message it held (not acknowledged,
@@ -355,6 +432,16 @@ func (i *Inflight) DecreaseSendQuota() {
 
 // IncreaseSendQuota increases the send quota by 1.
 func (i *Inflight) IncreaseSendQuota() {
+	if atomic.LoadInt32(&i.maximumSendQuota) <= 0 {
+		return // no Receive Maximum: no quota
+	}
+	// COLONY PATCH P26: under the lock that admit holds, so that a message
+	// it holds for want of quota is either given this quota or is seen held
+	// (nheld) by whoever gave it, which then releases it (sendHeld): with
+	// the quota given outside the lock, a hold could land between the two
+	// and wait for the client's next packet.
+	i.Lock()
+	defer i.Unlock()
 	if atomic.LoadInt32(&i.sendQuota) < atomic.LoadInt32(&i.maximumSendQuota) {
 		atomic.AddInt32(&i.sendQuota, 1)
 	}

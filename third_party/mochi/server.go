@@ -532,6 +532,9 @@ func (s *Server) connectClient(cl *Client, listener string) error {
 		if err != nil {
 			return fmt.Errorf("resend inflight: %w", err)
 		}
+		if cl.State.Inflight.nheld.Load() > 0 {
+			s.sendHeld(cl) // COLONY PATCH P26: held since the client could be found, behind the resend
+		}
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
@@ -724,6 +727,7 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		existing.State.isTakenOver.Store(true)
 		if existing.State.Inflight.Len() > 0 || existing.State.Inflight.inboundLen() > 0 { // COLONY PATCH P25
 			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
+			cl.State.Inflight.beginResend()                     // COLONY PATCH P26: before anything newer
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
 				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
