@@ -76,6 +76,7 @@ func newMetrics(a *App) *metrics.Set {
 	gauge("colony_mqtt_messages_sent_total", func() float64 { return float64(srv().Info.MessagesSent) })
 	gauge(`colony_mqtt_messages_dropped_total{reason="client_queue_full"}`, func() float64 { return float64(srv().Info.MessagesDropped) })
 	gauge(`colony_mqtt_messages_dropped_total{reason="inflight_limit"}`, func() float64 { return float64(srv().Info.InflightDropped) })
+	gauge(`colony_mqtt_messages_dropped_total{reason="too_large_for_client"}`, func() float64 { return float64(srv().Info.TooLargeDropped) })
 	gauge("colony_mqtt_bytes_received_total", func() float64 { return float64(srv().Info.BytesReceived) })
 	gauge("colony_mqtt_bytes_sent_total", func() float64 { return float64(srv().Info.BytesSent) })
 	gauge("colony_mqtt_connection_panics_total", func() float64 { return float64(srv().Panics) })

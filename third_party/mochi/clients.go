@@ -380,8 +380,17 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 	// not let through is held, in order, for the acknowledgements, and so
 	// is what publishers gave the client since it could be found: it goes
 	// after the session's messages. Messages the old connection held were
-	// never sent: not duplicates (unless sent on one before).
-	for _, tk := range cl.State.Inflight.resendPlan() {
+	// never sent: not duplicates (unless sent on one before). COLONY PATCH
+	// P27: the old connection's topic aliases are gone. COLONY PATCH P28:
+	// a message over this connection's Maximum Packet Size is discarded as
+	// if delivered [MQTT-3.1.2-25].
+	out, dropped := cl.State.Inflight.resendPlan(cl.tooLarge)
+	for _, tk := range dropped {
+		cl.ops.hooks.OnQosDropped(cl, tk)
+		atomic.AddInt64(&cl.ops.info.Inflight, -1)
+		atomic.AddInt64(&cl.ops.info.TooLargeDropped, 1)
+	}
+	for _, tk := range out {
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
 		err := cl.WritePacket(tk)
 		if err != nil {
@@ -671,28 +680,7 @@ func (cl *Client) writePacket(pk packets.Packet, nb bool) error {
 		return nil
 	}
 
-	if pk.Expiry > 0 {
-		expiry := pk.Expiry - time.Now().Unix()
-		if expiry < 1 {
-			expiry = 1
-		}
-		pk.Properties.MessageExpiryInterval = uint32(expiry) // [MQTT-3.3.2-6]
-	}
-
-	pk.ProtocolVersion = cl.Properties.ProtocolVersion
-	if pk.Mods.MaxSize == 0 { // NB we use this statement to embed client packet sizes in tests
-		pk.Mods.MaxSize = cl.Properties.Props.MaximumPacketSize
-	}
-
-	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
-		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] strict, no problem info on any packet if set
-	}
-
-	if pk.FixedHeader.Type != packets.Connack || cl.Properties.Props.RequestResponseInfo == 0x1 || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {
-		pk.Mods.AllowResponseInfo = true // [MQTT-3.1.2-28] we need to know which properties we can encode
-	}
-
-	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
+	pk = cl.ops.hooks.OnPacketEncode(cl, cl.prepare(pk))
 
 	// COLONY PATCH P13: a pooled buffer instead of a new one per packet.
 	buf := encodeBuffers.Get()
@@ -723,6 +711,54 @@ func (cl *Client) writePacket(pk packets.Packet, nb bool) error {
 	}
 
 	return err
+}
+
+// prepare sets what writePacket encodes pk with for this client: its
+// protocol version, limits and the message expiry interval left.
+func (cl *Client) prepare(pk packets.Packet) packets.Packet {
+	if pk.Expiry > 0 {
+		expiry := pk.Expiry - time.Now().Unix()
+		if expiry < 1 {
+			expiry = 1
+		}
+		pk.Properties.MessageExpiryInterval = uint32(expiry) // [MQTT-3.3.2-6]
+	}
+
+	pk.ProtocolVersion = cl.Properties.ProtocolVersion
+	if pk.Mods.MaxSize == 0 { // NB we use this statement to embed client packet sizes in tests
+		pk.Mods.MaxSize = cl.Properties.Props.MaximumPacketSize
+	}
+
+	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
+		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] strict, no problem info on any packet if set
+	}
+
+	if pk.FixedHeader.Type != packets.Connack || cl.Properties.Props.RequestResponseInfo == 0x1 || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {
+		pk.Mods.AllowResponseInfo = true // [MQTT-3.1.2-28] we need to know which properties we can encode
+	}
+	return pk
+}
+
+// tooLarge reports whether the PUBLISH pk, with its topic name, is larger
+// than the client's Maximum Packet Size. COLONY PATCH P28: such a QoS 1/2
+// message must be discarded as if its delivery had completed
+// [MQTT-3.1.2-25]; upstream put it in flight, where its write failed every
+// time: it kept its place in the session and its send quota for good (a
+// Receive Maximum stalled), and its resend on reconnect failed the
+// connection. Hooks that change packets as they are encoded
+// (OnPacketEncode) are not asked; the write still checks.
+func (cl *Client) tooLarge(pk *packets.Packet) bool {
+	limit := cl.Properties.Props.MaximumPacketSize
+	if limit == 0 || pk.Mods.MaxSize > 0 || cl.Properties.ProtocolVersion < 5 {
+		return false
+	}
+	c := cl.prepare(*pk)
+	buf := encodeBuffers.Get()
+	defer encodeBuffers.Put(buf)
+	if err := c.PublishEncode(buf); err != nil {
+		return false
+	}
+	return uint32(buf.Len()) > limit
 }
 
 // encodePacket encodes pk into buf according to its type.

@@ -277,7 +277,11 @@ func TestMergeIdentifiers(t *testing.T) {
 	}
 	b := packets.Subscription{Filter: "a/#", Identifier: 5, Qos: 1, NoLocal: true}
 	m := a.Merge(a).Merge(b)
-	if m.Identifiers["a/+"] != 3 || m.Identifiers["a/#"] != 5 || m.Qos != 1 || !m.NoLocal {
-		t.Errorf("merge: %+v", m)
+	if m.Identifiers["a/+"] != 3 || m.Identifiers["a/#"] != 5 || m.Qos != 1 || m.NoLocal {
+		t.Errorf("merge: %+v", m) // P30: a/+ still takes the client's own messages
+	}
+	a.NoLocal = true
+	if m := a.Merge(a).Merge(b); !m.NoLocal {
+		t.Errorf("merge of two No Local subscriptions: %+v", m)
 	}
 }

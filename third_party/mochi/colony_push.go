@@ -82,7 +82,10 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 		s.hooks.OnPacketIDExhausted(cl, pk)
 		return s.refusePush(cl, &pk, packets.ErrQuotaExceeded)
 	}
-	out.PacketID = uint16(i)               // [MQTT-2.2.1-4]
+	out.PacketID = uint16(i) // [MQTT-2.2.1-4]
+	if cl.tooLarge(&out) {   // COLONY PATCH P28: never deliverable to this client [MQTT-3.1.2-25]
+		return packets.ErrPacketTooLarge
+	}
 	if cl.State.Inflight.setShared(&out) { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 		atomic.AddInt64(&s.Info.Inflight, 1)
 		s.hooks.OnQosPublish(cl, out, out.Created, 0)

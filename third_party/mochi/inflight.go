@@ -44,10 +44,17 @@ type Inflight struct {
 	nheld atomic.Int32
 
 	// resending: a new connection is to resend the session's messages, the
-	// ones up to resendSeq, before anything newer goes out (beginResend,
+	// ones up to resendSeq, before anything newer goes out (moveTo,
 	// resendPlan); admit holds every message until then.
 	resending bool
 	resendSeq uint64
+
+	// COLONY PATCH P31: set when a new connection took the session over
+	// (moveTo): the set is empty for good, and a publisher that found the
+	// old connection before the take-over delivers to next instead (nil:
+	// the session ended with a clean start).
+	sealed bool
+	next   *Client
 }
 
 // heldMessage identifies a held message: the sequence tells a packet id
@@ -78,7 +85,11 @@ func (i *Inflight) Set(m packets.Packet) bool {
 func (i *Inflight) setShared(m *packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
+	return i.setLocked(m)
+}
 
+// setLocked is setShared; the lock is held.
+func (i *Inflight) setLocked(m *packets.Packet) bool {
 	if i.internal == nil { // COLONY PATCH P18
 		i.internal = map[uint16]*packets.Packet{}
 		i.order = map[uint16]uint64{}
@@ -114,9 +125,57 @@ func (i *Inflight) Len() int {
 // Clone returns a new instance of Inflight with the same message data.
 // This is used when transferring inflights from a taken-over session.
 func (i *Inflight) Clone() *Inflight {
-	c := &Inflight{internal: map[uint16]*packets.Packet{}, order: map[uint16]uint64{}}
 	i.RLock()
 	defer i.RUnlock()
+	return i.cloneLocked()
+}
+
+// moveTo hands the session's messages in flight and the client's pending
+// QoS 2 ids to next, the connection that takes the session over (nil: a
+// clean start ends it), and leaves this set empty and sealed, in one step
+// under the lock. COLONY PATCH P31: upstream cloned the set and then
+// cleared it, telling the hooks the messages were dropped, so storage
+// forgot them (the resend wrote back only those it sent: held ones were
+// lost by a restart); and a publisher that had found the old connection
+// just before added its message to the old set after the clone, where
+// nobody would ever send it (acknowledged to its publisher all the same).
+// Publishers now find the set sealed and deliver to next. Next's quotas
+// are kept; next.State.Inflight is set only if there is something to move.
+func (i *Inflight) moveTo(next *Client) {
+	i.Lock()
+	defer i.Unlock()
+	if next != nil && (len(i.internal) > 0 || len(i.inbound) > 0) {
+		c := i.cloneLocked()
+		fresh := next.State.Inflight // set up by ParseConnect for the new connection
+		c.ResetReceiveQuota(atomic.LoadInt32(&fresh.maximumReceiveQuota))
+		c.ResetSendQuota(atomic.LoadInt32(&fresh.maximumSendQuota))
+		// COLONY PATCH P26: the new connection resends these before
+		// anything publishers give it from now on (admit holds that until
+		// resendPlan).
+		c.resending, c.resendSeq = true, c.seq
+		next.State.Inflight = c // [MQTT-3.1.2-5]
+	}
+	i.internal, i.order, i.inbound, i.held = nil, nil, nil, nil
+	i.nheld.Store(0)
+	i.sealed, i.next = true, next
+}
+
+// setLive is setShared for a delivery: it reports whether the message was
+// added (false: it replaced one under its id), or, when the set was sealed
+// by a take-over, sealed true and the connection that has the session now
+// (nil: none). COLONY PATCH P31.
+func (i *Inflight) setLive(m *packets.Packet) (added, sealed bool, next *Client) {
+	i.Lock()
+	defer i.Unlock()
+	if i.sealed {
+		return false, true, i.next
+	}
+	return i.setLocked(m), false, nil
+}
+
+// cloneLocked is Clone; the lock is held.
+func (i *Inflight) cloneLocked() *Inflight {
+	c := &Inflight{internal: map[uint16]*packets.Packet{}, order: map[uint16]uint64{}}
 	for k, v := range i.internal {
 		c.internal[k] = v
 		c.order[k] = i.order[k]
@@ -299,22 +358,14 @@ func (i *Inflight) dropHeld(drop func(*packets.Packet) bool) []packets.Packet {
 	return dropped
 }
 
-// beginResend marks the messages in flight now as the session a new
-// connection resends before anything newer: until resendPlan, admit holds
-// every message. It is called before the client can be found by
-// publishers. COLONY PATCH P26.
-func (i *Inflight) beginResend() {
-	i.Lock()
-	defer i.Unlock()
-	i.resending = true
-	i.resendSeq = i.seq
-}
-
 // resendPlan returns, in order, what a new connection (its send quota just
 // reset) resends at once: PUBLISH (DUP unless held and never sent) and
 // PUBREL, taking send quota. The messages its Receive Maximum does not let
-// through are held, before those set since beginResend. COLONY PATCH P26.
-func (i *Inflight) resendPlan() []packets.Packet {
+// through are held, before those set since the session moved (moveTo).
+// Messages drop selects (too large for this connection) are deleted and
+// returned apart. COLONY PATCH P26, P27 (no topic alias: the old
+// connection's are gone [MQTT-3.3.2-7]), P28.
+func (i *Inflight) resendPlan(drop func(*packets.Packet) bool) (out, dropped []packets.Packet) {
 	i.Lock()
 	defer i.Unlock()
 	cut := i.seq
@@ -330,7 +381,7 @@ func (i *Inflight) resendPlan() []packets.Packet {
 		if h.seq <= cut {
 			unsent[h.id] = true // held by the old connection: never sent
 		} else {
-			later = append(later, h) // held since beginResend: goes after
+			later = append(later, h) // held since the move: goes after
 		}
 	}
 	ids := make([]uint16, 0, len(i.internal))
@@ -341,18 +392,25 @@ func (i *Inflight) resendPlan() []packets.Packet {
 	}
 	sort.Slice(ids, func(a, b int) bool { return i.order[ids[a]] < i.order[ids[b]] })
 	limited := atomic.LoadInt32(&i.maximumSendQuota) > 0
-	var out []packets.Packet
 	var held []heldMessage
 	for _, id := range ids {
 		pk := *i.internal[id]
 		switch pk.FixedHeader.Type {
 		case packets.Publish:
+			changed := !pk.FixedHeader.Dup && !unsent[id] || pk.Properties.TopicAlias > 0 || pk.Properties.TopicAliasFlag
 			pk.FixedHeader.Dup = pk.FixedHeader.Dup || !unsent[id] // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+			if drop(&pk) {
+				delete(i.internal, id)
+				delete(i.order, id)
+				dropped = append(dropped, pk)
+				continue
+			}
+			if changed {
+				i.internal[id] = &pk // replaced, not changed: P24
+			}
 			if limited && (len(held) > 0 || atomic.LoadInt32(&i.sendQuota) <= 0) {
-				held = append(held, heldMessage{id: id, seq: i.order[id]})
-				if pk.FixedHeader.Dup {
-					i.internal[id] = &pk // goes out later, as a resend too (replaced, not changed: P24)
-				}
+				held = append(held, heldMessage{id: id, seq: i.order[id]}) // goes out later, as a resend too
 				continue
 			}
 			if limited {
@@ -371,7 +429,7 @@ func (i *Inflight) resendPlan() []packets.Packet {
 	}
 	i.nheld.Store(int32(len(i.held)))
 	i.resending = false
-	return out
+	return out, dropped
 }
 
 // isHeld reports whether h is still the message it held (not acknowledged,

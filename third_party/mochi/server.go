@@ -720,19 +720,16 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			existing.ClearInflights()
+			existing.State.Inflight.moveTo(nil)    // COLONY PATCH P31: the session ended; nothing more goes into it
 			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
 			return false                           // [MQTT-3.2.2-3]
 		}
 
 		existing.State.isTakenOver.Store(true)
-		if existing.State.Inflight.Len() > 0 || existing.State.Inflight.inboundLen() > 0 { // COLONY PATCH P25
-			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
-			cl.State.Inflight.beginResend()                     // COLONY PATCH P26: before anything newer
-			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
-				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
-				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
-			}
-		}
+		// COLONY PATCH P31: moved, not cloned and then dropped (storage
+		// forgot them), and publishers that still hold the old connection
+		// deliver to this one (P25: the client's pending QoS 2 ids too).
+		existing.State.Inflight.moveTo(cl) // [MQTT-3.1.2-5]
 
 		for _, sub := range existing.State.Subscriptions.GetAll() {
 			existed := !s.Topics.Subscribe(cl.ID, sub) // [MQTT-3.8.4-3]
@@ -1391,6 +1388,12 @@ func (s *Server) sharedFor(pk *packets.Packet, form int, shared *sharedPublishes
 // not nil, collects the encodings of pk that subscribers can share
 // (COLONY PATCH P13).
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packets.Packet, patience time.Duration, shared *sharedPublishes, direct bool) error {
+	return s.deliverTo(cl, sub, pk, patience, shared, direct, pk.Origin == cl.ID)
+}
+
+// deliverTo is publishToClient; own says that the caller is cl's own packet
+// handler (COLONY PATCH P29), which cannot wait for cl's acknowledgements.
+func (s *Server) deliverTo(cl *Client, sub packets.Subscription, pk *packets.Packet, patience time.Duration, shared *sharedPublishes, direct, own bool) error {
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return nil // [MQTT-3.8.3-3]
 	}
@@ -1429,14 +1432,21 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 		out.Properties.SubscriptionIdentifier = []int{sub.Identifier} // COLONY PATCH P14: a single match has no Identifiers map
 	}
 
+	aliasOnly := false
 	if cl.Properties.Props.TopicAliasMaximum > 0 {
-		var aliasExists bool
-		out.Properties.TopicAlias, aliasExists = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
+		out.Properties.TopicAlias, aliasOnly = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
 		if out.Properties.TopicAlias > 0 {
 			out.Properties.TopicAliasFlag = true
-			if aliasExists {
-				out.TopicName = ""
-			}
+		}
+		// COLONY PATCH P27: the topic name is dropped from what is written
+		// now (wire, below), not from the message kept in flight: a resend
+		// on another connection, where the alias means nothing
+		// [MQTT-3.3.2-7], needs it (ResendInflightMessages), as does
+		// storage. Upstream kept the message with an empty topic, so it
+		// could never be delivered again, nor after a restart.
+		if aliasOnly && out.FixedHeader.Qos == 0 {
+			out.TopicName = ""
+			aliasOnly = false
 		}
 	}
 
@@ -1444,7 +1454,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 		// COLONY PATCH P1: an online client whose in-flight window is full
 		// gets time to acknowledge before anything is given up; an offline
 		// session's queue is full for good (P4: logged once, counted).
-		if cl.State.Inflight.Len() >= s.inflightLimit(cl) && !s.waitInflight(cl, patience) {
+		if !s.roomInFlight(cl, patience, own) {
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			cl.ops.hooks.OnPublishDropped(cl, *pk)
 			if cl.State.dropWarned.CompareAndSwap(false, true) {
@@ -1464,9 +1474,25 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
 
+		if cl.tooLarge(&out) { // COLONY PATCH P28: discarded as if delivered [MQTT-3.1.2-25]
+			atomic.AddInt64(&s.Info.TooLargeDropped, 1)
+			cl.ops.hooks.OnPublishDropped(cl, *pk)
+			return packets.ErrPacketTooLarge
+		}
+
 		// COLONY PATCH P24: in flight and in the queue, one copy; out is
 		// not changed after this.
-		if ok := cl.State.Inflight.setShared(&out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		ok, sealed, next := cl.State.Inflight.setLive(&out) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		if sealed {
+			// COLONY PATCH P31: a new connection took the session over
+			// since cl was looked up; it has the session's messages and
+			// gets this one too.
+			if next == nil {
+				return packets.CodeDisconnect // the session ended (clean start)
+			}
+			return s.deliverTo(next, sub, pk, patience, nil, false, own)
+		}
+		if ok {
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
 		}
@@ -1478,7 +1504,13 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk *packe
 		}
 	}
 
-	return s.enqueue(cl, outItem{pk: &out}, out.FixedHeader.Qos, pk, patience, direct)
+	wire := &out
+	if aliasOnly { // COLONY PATCH P27
+		w := out
+		w.TopicName = ""
+		wire = &w
+	}
+	return s.enqueue(cl, outItem{pk: wire}, out.FixedHeader.Qos, pk, patience, direct)
 }
 
 // enqueue queues a delivery of pk (QoS qos) for cl. COLONY PATCH P1: it
@@ -1524,6 +1556,37 @@ func (s *Server) inflightLimit(cl *Client) int {
 	return int(s.Options.Capabilities.MaximumInflight)
 }
 
+// roomInFlight reports whether cl may take one more QoS 1/2 message. A
+// connected client at its window is given patience to acknowledge.
+// COLONY PATCH P29: upstream (and P4) then dropped the message, which its
+// publisher had acknowledged. Now a client that acknowledged nothing for
+// the whole patience counts as stalled and is disconnected, as one whose
+// queue does not drain is (P1), and its session keeps the message within
+// the session queue (P9). A caller that cannot wait (patience 0: the
+// server's own loop, or a client already found stalled) or must not (own:
+// cl's own packet handler, for cl's publish to itself or the retained
+// messages of its subscribe, which holds up the reading of the very
+// acknowledgements it would wait for) puts the message past the window,
+// within the session queue.
+func (s *Server) roomInFlight(cl *Client, patience time.Duration, own bool) bool {
+	n := cl.State.Inflight.Len()
+	if n < s.inflightLimit(cl) {
+		return true
+	}
+	if own || patience <= 0 {
+		return n < max(s.inflightLimit(cl), s.Options.Capabilities.MaximumSessionQueue)
+	}
+	if s.waitInflight(cl, patience) {
+		return true
+	}
+	if !cl.Closed() {
+		s.Log.Warn("subscriber acknowledged nothing while its in-flight window was full: disconnecting it; its session keeps the undelivered messages",
+			"client", cl.ID, "listener", cl.Net.Listener, "patience", patience, "window", s.Options.Capabilities.MaximumInflight)
+		cl.Stop(packets.ErrQuotaExceeded)
+	}
+	return cl.State.Inflight.Len() < s.inflightLimit(cl)
+}
+
 // waitInflight waits, at most patience, for a connected client to free
 // in-flight slots by acknowledging. COLONY PATCH P1.
 func (s *Server) waitInflight(cl *Client, patience time.Duration) bool {
@@ -1557,7 +1620,7 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 
 	sub.FwdRetainedFlag = true
 	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
-		err := s.publishToClient(cl, sub, &pkv, s.Options.Capabilities.SlowClientPatience, nil, false)
+		err := s.deliverTo(cl, sub, &pkv, s.Options.Capabilities.SlowClientPatience, nil, false, true) // COLONY PATCH P29: cl's own handler
 		if err != nil {
 			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", packetSummary(pkv))
 			continue

@@ -258,7 +258,7 @@ func (s Subscription) Merge(n Subscription) Subscription {
 	// Subscription without one carries its own Identifier.
 	if s.Identifiers == nil && n.Filter == s.Filter && n.Identifier == s.Identifier {
 		s.Qos = max(s.Qos, n.Qos)
-		s.NoLocal = s.NoLocal || n.NoLocal
+		s.NoLocal = s.NoLocal && n.NoLocal // COLONY PATCH P30
 		return s
 	}
 
@@ -276,9 +276,13 @@ func (s Subscription) Merge(n Subscription) Subscription {
 		s.Qos = n.Qos // [MQTT-3.3.4-2]
 	}
 
-	if n.NoLocal {
-		s.NoLocal = true // [MQTT-3.8.3-3]
-	}
+	// COLONY PATCH P30: No Local holds back the client's own messages only
+	// where every matching subscription asks for it [MQTT-3.8.3-3]: it
+	// belongs to its subscription. Upstream set it when any did, so a
+	// client's own message owed to it by another subscription (one of a
+	// shared group's, which may not have No Local [MQTT-3.8.3-4], so the
+	// group's message went to nobody) was dropped.
+	s.NoLocal = s.NoLocal && n.NoLocal
 
 	return s
 }
