@@ -3,6 +3,7 @@ package server_test
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +77,23 @@ func readPub5(t *testing.T, r *bufio.Reader) pub5 {
 	}
 	p.payload = string(body[end:])
 	return p
+}
+
+// ackInOrder reads n MQTT 3.1.1 QoS 1 PUBLISHes on a 4-byte topic, with
+// payloads "0" to n-1 in order, and acknowledges each; why adds to a
+// failure.
+func ackInOrder(t *testing.T, c net.Conn, r *bufio.Reader, n int, why func() string) {
+	t.Helper()
+	for i := range n {
+		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := apptest.ReadRawPacket(r, nil)
+		if err != nil || typ&0xf6 != 0x32 || string(body[8:]) != fmt.Sprint(i) {
+			t.Fatalf("message %d: want a QoS 1 PUBLISH, got %x %q: %v %s", i, typ, body, err, why())
+		}
+		rawSend(t, c, 0x40, 2, body[6], body[7])
+	}
 }
 
 // TestResentPublishCarriesItsTopic: an MQTT 5 subscriber that allows topic
@@ -230,18 +248,7 @@ func TestTakeOverWhileAPublisherWaitsForTheWindow(t *testing.T) {
 	})
 
 	c, r = apptest.RawClient(t, a.Addr("mqtt"), "to-sub", 4, false, true, 0)
-	for i := range 3 {
-		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
-			t.Fatal(err)
-		}
-		typ, body, err := apptest.ReadRawPacket(r, nil)
-		if err != nil || typ&0xf6 != 0x32 || string(body[8:]) != fmt.Sprint(i) {
-			t.Fatalf("message %d: want a QoS 1 PUBLISH, got %x %q: %v", i, typ, body, err)
-		}
-		if _, err := c.Write([]byte{0x40, 2, body[6], body[7]}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ackInOrder(t, c, r, 3, func() string { return "" })
 	apptest.Done(t, third)
 }
 
@@ -267,19 +274,7 @@ func TestFullWindowKeepsTheMessage(t *testing.T) {
 	}
 	c.Close()
 	c, r = apptest.RawClient(t, a.Addr("mqtt"), "fw-sub", 4, false, true, 0)
-	for i := range 3 {
-		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
-			t.Fatal(err)
-		}
-		typ, body, err := apptest.ReadRawPacket(r, nil)
-		if err != nil || typ&0xf6 != 0x32 || string(body[8:]) != fmt.Sprint(i) {
-			t.Fatalf("message %d: want a QoS 1 PUBLISH, got %x %q: %v (dropped: %d)", i, typ, body, err,
-				a.Server().Stats().Info.InflightDropped)
-		}
-		if _, err := c.Write([]byte{0x40, 2, body[6], body[7]}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ackInOrder(t, c, r, 3, func() string { return fmt.Sprintf("(dropped: %d)", a.Server().Stats().Info.InflightDropped) })
 }
 
 // TestOwnMessagesPastTheWindow: a client subscribed to the topic it
