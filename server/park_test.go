@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/server"
@@ -235,24 +233,7 @@ func (panicHook) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Packet
 }
 
 func TestPanicAfterParkIsContained(t *testing.T) {
-	srv, err := server.New(server.Options{
-		Listeners: server.Listeners{MQTT: "127.0.0.1:0"},
-		Hooks:     []mqtt.Hook{new(panicHook)},
-		Logger:    zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apptest.Wait)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-	})
+	srv := hookedServer(t, server.Limits{}, new(panicHook))
 	g0 := runtime.NumGoroutine()
 	c := connectRaw(t, srv.Addr(server.ListenerMQTT), "bomb", 0, "")
 	waitParked(t, g0, 2)

@@ -680,7 +680,9 @@ func (cl *Client) writePacket(pk packets.Packet, nb bool) error {
 		return nil
 	}
 
-	pk = cl.ops.hooks.OnPacketEncode(cl, cl.prepare(pk))
+	pk = cl.prepare(pk)
+	aliasTopic := cl.outboundAlias(&pk) // COLONY PATCH P32
+	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
 
 	// COLONY PATCH P13: a pooled buffer instead of a new one per packet.
 	buf := encodeBuffers.Get()
@@ -692,6 +694,9 @@ func (cl *Client) writePacket(pk packets.Packet, nb bool) error {
 
 	if pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
 		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
+	}
+	if aliasTopic != "" {
+		cl.State.TopicAliases.Outbound.Set(aliasTopic) // this packet sets the alias up
 	}
 
 	n, err := cl.send(buf.Bytes(), nb)
@@ -737,6 +742,37 @@ func (cl *Client) prepare(pk packets.Packet) packets.Packet {
 		pk.Mods.AllowResponseInfo = true // [MQTT-3.1.2-28] we need to know which properties we can encode
 	}
 	return pk
+}
+
+// outboundAlias gives the PUBLISH pk the topic alias of its topic on this
+// connection: by alias only if the client was told it, else with its topic
+// name and the alias it sets up; it returns the topic whose alias the
+// write sets up (empty: none), which the caller gives out once the packet
+// is sure to be written. COLONY PATCH P32: the alias is chosen as packets
+// are written, in the order the client gets them. It was chosen when a
+// message was delivered, so a message held for the Receive Maximum (P26),
+// discarded as too large (P28) or dropped set up an alias it did not carry
+// out first, or at all, and the next message on the topic went out by an
+// alias the client had never been told [MQTT-3.3.2-12]. Any alias a packet
+// came with (from another connection, P27) is dropped.
+func (cl *Client) outboundAlias(pk *packets.Packet) string {
+	if pk.FixedHeader.Type != packets.Publish {
+		return ""
+	}
+	pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false // [MQTT-3.3.2-7]
+	if cl.Properties.ProtocolVersion < 5 || cl.Properties.Props.TopicAliasMaximum == 0 || pk.TopicName == "" {
+		return ""
+	}
+	alias, told := cl.State.TopicAliases.Outbound.peek(pk.TopicName)
+	if alias == 0 {
+		return ""
+	}
+	pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = alias, true
+	if told {
+		pk.TopicName = ""
+		return ""
+	}
+	return pk.TopicName
 }
 
 // tooLarge reports whether the PUBLISH pk, with its topic name, is larger

@@ -86,7 +86,15 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 	if cl.tooLarge(&out) {   // COLONY PATCH P28: never deliverable to this client [MQTT-3.1.2-25]
 		return packets.ErrPacketTooLarge
 	}
-	if cl.State.Inflight.setShared(&out) { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+	added, sealed, next := cl.State.Inflight.setLive(&out) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+	if sealed {
+		// P31: the session was taken over since cl was looked up.
+		if next == nil {
+			return ErrConnectionClosed
+		}
+		return s.Push(next, pk)
+	}
+	if added {
 		atomic.AddInt64(&s.Info.Inflight, 1)
 		s.hooks.OnQosPublish(cl, out, out.Created, 0)
 	}

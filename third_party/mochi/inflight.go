@@ -131,9 +131,10 @@ func (i *Inflight) Clone() *Inflight {
 }
 
 // moveTo hands the session's messages in flight and the client's pending
-// QoS 2 ids to next, the connection that takes the session over (nil: a
-// clean start ends it), and leaves this set empty and sealed, in one step
-// under the lock. COLONY PATCH P31: upstream cloned the set and then
+// QoS 2 ids to next, the connection that takes the session over, and
+// leaves this set empty and sealed, in one step under the lock (nil: a
+// clean start ends the session; the set is sealed and the caller clears
+// it, telling the hooks). COLONY PATCH P31: upstream cloned the set and then
 // cleared it, telling the hooks the messages were dropped, so storage
 // forgot them (the resend wrote back only those it sent: held ones were
 // lost by a restart); and a publisher that had found the old connection
@@ -144,7 +145,25 @@ func (i *Inflight) Clone() *Inflight {
 func (i *Inflight) moveTo(next *Client) {
 	i.Lock()
 	defer i.Unlock()
-	if next != nil && (len(i.internal) > 0 || len(i.inbound) > 0) {
+	i.sealed, i.next = true, next
+	if next == nil {
+		// COLONY PATCH P32: sealed only; the caller drops what is left and
+		// tells the hooks (ClearInflights). Emptied here, a message a
+		// publisher put in between the caller's clearing and this was
+		// lost without OnQosDropped: storage kept it for good.
+		return
+	}
+	if len(i.internal) == 0 && len(i.inbound) == 0 {
+		// COLONY PATCH P32: nothing to resend, but publishers find next
+		// before its resend all the same, and what they give it is not
+		// the session's to resend (it is queued already): without the
+		// boundary the resend wrote it a second time, before its queued
+		// copy.
+		f := next.State.Inflight
+		f.Lock()
+		f.resending, f.resendSeq = true, f.seq
+		f.Unlock()
+	} else {
 		c := i.cloneLocked()
 		fresh := next.State.Inflight // set up by ParseConnect for the new connection
 		c.ResetReceiveQuota(atomic.LoadInt32(&fresh.maximumReceiveQuota))
@@ -157,7 +176,6 @@ func (i *Inflight) moveTo(next *Client) {
 	}
 	i.internal, i.order, i.inbound, i.held = nil, nil, nil, nil
 	i.nheld.Store(0)
-	i.sealed, i.next = true, next
 }
 
 // setLive is setShared for a delivery: it reports whether the message was
@@ -202,6 +220,22 @@ func (i *Inflight) setInbound(id uint16, at int64) {
 		i.inbound = map[uint16]int64{}
 	}
 	i.inbound[id] = at
+}
+
+// setInboundLive is setInbound for a publish being received: it records
+// nothing and returns false once a take-over sealed the set (the client
+// sends the publish again on the new connection). COLONY PATCH P32.
+func (i *Inflight) setInboundLive(id uint16, at int64) bool {
+	i.Lock()
+	defer i.Unlock()
+	if i.sealed {
+		return false
+	}
+	if i.inbound == nil {
+		i.inbound = map[uint16]int64{}
+	}
+	i.inbound[id] = at
+	return true
 }
 
 // inboundLen returns how many of the client's QoS 2 publishes wait for

@@ -719,8 +719,12 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)                                   // [MQTT-3.1.4-3]
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
+			// COLONY PATCH P31: the session ended; nothing more goes into it.
+			// Sealed before it is cleared, so that a message a publisher
+			// puts in it meanwhile is not wiped without the hooks hearing
+			// of it (P32: storage kept it, the in-flight gauge counted it).
+			existing.State.Inflight.moveTo(nil)
 			existing.ClearInflights()
-			existing.State.Inflight.moveTo(nil)    // COLONY PATCH P31: the session ended; nothing more goes into it
 			existing.State.isTakenOver.Store(true) // only set isTakenOver after unsubscribe has occurred
 			return false                           // [MQTT-3.2.2-3]
 		}
@@ -1115,6 +1119,22 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// means the message is with every subscriber (queued, or in-flight and,
 	// in sync durability, committed to the store). Waiting here on slow
 	// subscribers is the back-pressure that slows this publisher.
+	// COLONY PATCH P32: a QoS 2 publish's id is recorded before the
+	// delivery, which may wait long for slow subscribers (P3). Recorded
+	// after it, a take-over meanwhile (the client reconnecting, as one
+	// that waits long for its PUBREC may) found nothing to move, and the
+	// PUBLISH the client must send again was delivered a second time
+	// [MQTT-4.3.3-10]. A publish read on a connection taken over before
+	// it was recorded is not delivered here: the client sends it again on
+	// the new one.
+	if pk.FixedHeader.Qos == 2 {
+		at := time.Now().Unix()
+		if !cl.State.Inflight.setInboundLive(pk.PacketID, at) {
+			return packets.ErrSessionTakenOver
+		}
+		s.hooks.OnQosPublish(cl, inboundState(pk.PacketID, at), at, 0)
+	}
+
 	s.publishFrom(cl, pk)
 	s.hooks.OnPublished(cl, pk)
 
@@ -1129,8 +1149,6 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	cl.State.Inflight.DecreaseReceiveQuota()
 	if pk.FixedHeader.Qos == 2 {
 		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
-		cl.State.Inflight.setInbound(pk.PacketID, ack.Created)
-		s.hooks.OnQosPublish(cl, inboundState(pk.PacketID, ack.Created), ack.Created, 0)
 		return cl.WritePacket(ack)
 	}
 
@@ -1432,23 +1450,14 @@ func (s *Server) deliverTo(cl *Client, sub packets.Subscription, pk *packets.Pac
 		out.Properties.SubscriptionIdentifier = []int{sub.Identifier} // COLONY PATCH P14: a single match has no Identifiers map
 	}
 
-	aliasOnly := false
-	if cl.Properties.Props.TopicAliasMaximum > 0 {
-		out.Properties.TopicAlias, aliasOnly = cl.State.TopicAliases.Outbound.Set(pk.TopicName)
-		if out.Properties.TopicAlias > 0 {
-			out.Properties.TopicAliasFlag = true
-		}
-		// COLONY PATCH P27: the topic name is dropped from what is written
-		// now (wire, below), not from the message kept in flight: a resend
-		// on another connection, where the alias means nothing
-		// [MQTT-3.3.2-7], needs it (ResendInflightMessages), as does
-		// storage. Upstream kept the message with an empty topic, so it
-		// could never be delivered again, nor after a restart.
-		if aliasOnly && out.FixedHeader.Qos == 0 {
-			out.TopicName = ""
-			aliasOnly = false
-		}
-	}
+	// COLONY PATCH P27, P32: no topic alias here. The message kept in
+	// flight keeps its topic name (a resend on another connection, where
+	// an alias means nothing [MQTT-3.3.2-7], needs it, as does storage),
+	// and the alias is chosen by the writer (Client.writePacket), in the
+	// order the packets go out: given here, it was set up by a message
+	// that then went out later (held for the Receive Maximum, P26) or
+	// never (discarded as too large, P28; dropped), and the next one on
+	// the topic went out first by an alias the client had not been told.
 
 	if out.FixedHeader.Qos > 0 {
 		// COLONY PATCH P1: an online client whose in-flight window is full
@@ -1504,13 +1513,7 @@ func (s *Server) deliverTo(cl *Client, sub packets.Subscription, pk *packets.Pac
 		}
 	}
 
-	wire := &out
-	if aliasOnly { // COLONY PATCH P27
-		w := out
-		w.TopicName = ""
-		wire = &w
-	}
-	return s.enqueue(cl, outItem{pk: wire}, out.FixedHeader.Qos, pk, patience, direct)
+	return s.enqueue(cl, outItem{pk: &out}, out.FixedHeader.Qos, pk, patience, direct)
 }
 
 // enqueue queues a delivery of pk (QoS qos) for cl. COLONY PATCH P1: it
@@ -1595,11 +1598,20 @@ func (s *Server) waitInflight(cl *Client, patience time.Duration) bool {
 	}
 	deadline := time.Now().Add(patience)
 	pause := 100 * time.Microsecond
-	for cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
+	last := cl.State.Inflight.Len()
+	for n := last; n >= int(s.Options.Capabilities.MaximumInflight); n = cl.State.Inflight.Len() {
 		if cl.Closed() {
 			// Gone while we waited: its session queue decides now (P9).
 			return cl.State.Inflight.Len() < s.inflightLimit(cl)
 		}
+		// COLONY PATCH P32: a client that acknowledges is not stalled,
+		// however long its backlog (a resumed session's can be as long
+		// as the session queue, beyond the window): patience runs from
+		// its last acknowledgement (P29 disconnected it after patience).
+		if n < last {
+			deadline = time.Now().Add(patience)
+		}
+		last = n
 		if time.Now().After(deadline) {
 			return false
 		}

@@ -106,6 +106,26 @@ func (a *OutboundTopicAliases) Set(topic string) (uint16, bool) {
 	return uint16(i) + 1, false
 }
 
+// peek returns the alias Set would return for topic, and whether the
+// topic has it already, without giving out a new one. COLONY PATCH P32:
+// the writer gives an alias out only once the packet that sets it up is
+// sure to be written (Client.writePacket).
+func (a *OutboundTopicAliases) peek(topic string) (uint16, bool) {
+	a.RLock()
+	defer a.RUnlock()
+	if a.maximum == 0 {
+		return 0, false
+	}
+	if i, ok := a.internal[topic]; ok {
+		return i, true
+	}
+	i := atomic.LoadUint32(&a.cursor)
+	if i+1 > uint32(a.maximum) {
+		return 0, false
+	}
+	return uint16(i) + 1, false
+}
+
 // SharedSubscriptions contains a map of subscriptions to a shared filter,
 // keyed on share group then client id.
 type SharedSubscriptions struct {
