@@ -376,3 +376,69 @@ func TestNoLocalIsPerSubscription(t *testing.T) {
 		})
 	}
 }
+
+// TestRestartKeepsResendOrder: a persistent subscriber's session holds
+// "0", "1", "2" (packet ids 1, 2, 3). It reconnects, acknowledges the
+// resent "0" and "1" only, and leaves. "3" is published to the session: the
+// new connection's packet id counter started again at 0, so "3" takes the
+// freed id 1, while "2" keeps id 3. In memory the order is right, but the
+// store returns a session's messages by packet id, and a restart resent
+// "3" before "2" [MQTT-4.6.0-2] (the messages of one topic, in order).
+func TestRestartKeepsResendOrder(t *testing.T) {
+	cfg := apptest.Config(t)
+	cfg.Store.Durability = "sync"
+	a := apptest.Run(t, cfg)
+	c, r := apptest.RawClient(t, a.Addr("mqtt"), "ro-sub", 4, false, false, 0)
+	apptest.RawExchange(t, c, r, apptest.RawStep{
+		Send: []byte{0x82, 9, 0, 1, 0, 4, 'r', 'o', '/', 't', 1},
+		Want: []byte{0x90, 3, 0, 1, 1},
+	})
+	c.Close()
+	pub := apptest.V3(t, apptest.URL(a), "ro-pub")
+	for i := range 3 {
+		apptest.Done(t, pub.Publish("ro/t", 1, false, fmt.Sprint(i)))
+	}
+
+	c, r = apptest.RawClient(t, a.Addr("mqtt"), "ro-sub", 4, false, true, 0)
+	for i := range 3 {
+		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := apptest.ReadRawPacket(r, nil)
+		if err != nil || typ&0xf0 != 0x30 || string(body[8:]) != fmt.Sprint(i) {
+			t.Fatalf("message %d: got %x %q: %v", i, typ, body, err)
+		}
+		if i < 2 {
+			rawSend(t, c, 0x40, 2, body[6], body[7]) // "2" stays unacknowledged
+		}
+	}
+	apptest.RawExchange(t, c, r, apptest.RawStep{Send: []byte{0xc0, 0}, Want: []byte{0xd0, 0}}) // the acks were read
+	c.Close()
+	apptest.Eventually(t, func() error { // the server saw the subscriber go
+		if n := a.Server().Stats().Info.ClientsConnected; n != 1 {
+			return fmt.Errorf("%d clients connected", n)
+		}
+		return nil
+	})
+	apptest.Done(t, pub.Publish("ro/t", 1, false, "3"))
+	pub.Disconnect(50)
+	apptest.Stop(t, a)
+
+	a = apptest.Run(t, cfg)
+	c, r = apptest.RawClient(t, a.Addr("mqtt"), "ro-sub", 4, false, true, 0)
+	got := []string{}
+	for range 2 {
+		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := apptest.ReadRawPacket(r, nil)
+		if err != nil || typ&0xf0 != 0x30 {
+			t.Fatalf("after %q: got %x %q: %v", got, typ, body, err)
+		}
+		got = append(got, string(body[8:]))
+		rawSend(t, c, 0x40, 2, body[6], body[7])
+	}
+	if got[0] != "2" || got[1] != "3" {
+		t.Fatalf("after the restart the session's messages came as %q, want [\"2\" \"3\"]", got)
+	}
+}

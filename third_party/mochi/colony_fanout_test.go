@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -283,5 +284,31 @@ func TestMergeIdentifiers(t *testing.T) {
 	a.NoLocal = true
 	if m := a.Merge(a).Merge(b); !m.NoLocal {
 		t.Errorf("merge of two No Local subscriptions: %+v", m)
+	}
+}
+
+// TestLoadInflightOrderAcrossWrap: the store returns a session's in-flight
+// messages by packet id; loadInflight restores them in the order they were
+// sent, with ids given out in increasing order that wrapped past 65535
+// (P33), and the session's next id follows the newest.
+func TestLoadInflightOrderAcrossWrap(t *testing.T) {
+	s := testServer(t)
+	cl := s.NewClient(nil, "test", "wrap", false)
+	s.Clients.Add(cl)
+	var msgs []storage.Message
+	for _, id := range []uint16{5, 6, 65534, 65535} { // sent 65534, 65535, 5, 6
+		msgs = append(msgs, storage.Message{Client: "wrap", PacketID: id, TopicName: "t",
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}})
+	}
+	s.loadInflight(msgs)
+	var got []uint16
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		got = append(got, pk.PacketID)
+	}
+	if !slices.Equal(got, []uint16{65534, 65535, 5, 6}) {
+		t.Errorf("resend order %v, want [65534 65535 5 6]", got)
+	}
+	if id, err := cl.NextPacketID(); err != nil || id != 7 {
+		t.Errorf("next packet id %d (%v), want 7", id, err)
 	}
 }

@@ -730,6 +730,9 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		}
 
 		existing.State.isTakenOver.Store(true)
+		// COLONY PATCH P33: packet ids go on from the session's last one, so
+		// that their order is the order of the messages (loadInflight).
+		atomic.StoreUint32(&cl.State.packetID, atomic.LoadUint32(&existing.State.packetID))
 		// COLONY PATCH P31: moved, not cloned and then dropped (storage
 		// forgot them), and publishers that still hold the old connection
 		// deliver to this one (P25: the client's pending QoS 2 ids too).
@@ -2192,15 +2195,39 @@ func (s *Server) loadClients(v []storage.Client) {
 
 // loadInflight restores inflight messages from the datastore.
 func (s *Server) loadInflight(v []storage.Message) {
+	outbound := map[*Client][]packets.Packet{}
 	for _, msg := range v {
 		if client, ok := s.Clients.Get(msg.Client); ok {
 			switch { // COLONY PATCH P25
 			case msg.FixedHeader.Type == packets.Pubrec: // the client's own QoS 2 publish
 				client.State.Inflight.setInbound(msg.PacketID, msg.Created)
 			case outboundFlow(msg.FixedHeader.Type):
-				client.State.Inflight.Set(msg.ToPacket())
+				outbound[client] = append(outbound[client], msg.ToPacket())
 			}
 		}
+	}
+	// COLONY PATCH P33: the store returns a session's messages by packet
+	// id, not in the order they were sent, which the resend keeps (P11).
+	// Packet ids are given out in increasing order, wrapping (the counter
+	// is carried across take-overs and set here), so the oldest message
+	// is the one after the largest gap between the ids in use.
+	for client, pks := range outbound {
+		sort.Slice(pks, func(a, b int) bool { return pks[a].PacketID < pks[b].PacketID })
+		start, gap := 0, -1
+		for k := range pks {
+			prev := int(pks[(k+len(pks)-1)%len(pks)].PacketID)
+			d := int(pks[k].PacketID) - prev
+			if d <= 0 {
+				d += int(s.Options.Capabilities.maximumPacketID)
+			}
+			if d > gap {
+				start, gap = k, d
+			}
+		}
+		for k := range pks {
+			client.State.Inflight.Set(pks[(start+k)%len(pks)])
+		}
+		atomic.StoreUint32(&client.State.packetID, uint32(pks[(start+len(pks)-1)%len(pks)].PacketID))
 	}
 }
 
