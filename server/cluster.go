@@ -138,7 +138,10 @@ func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool)
 	if cur, ok := s.mq.Clients.Get(clientID); !ok || cur != cl {
 		return nil, nil // a newer local connection took it meanwhile
 	}
-	rec, subs, msgs := s.mq.ReleaseSession(cl)
+	rec, subs, msgs, ok := s.mq.ReleaseSession(cl)
+	if !ok {
+		return nil, nil // it expired, or a newer local connection took it, meanwhile
+	}
 	if !keep {
 		return nil, nil
 	}

@@ -88,6 +88,16 @@ func (cl *Clients) Delete(id string) {
 	delete(cl.internal, id)
 }
 
+// deleteIf removes the client id if it is still c, not a newer connection
+// under the same id. COLONY PATCH P35.
+func (cl *Clients) deleteIf(id string, c *Client) {
+	cl.Lock()
+	defer cl.Unlock()
+	if cl.internal[id] == c {
+		delete(cl.internal, id)
+	}
+}
+
 // GetByListener returns clients matching a listener id.
 func (cl *Clients) GetByListener(id string) []*Client {
 	cl.RLock()
@@ -165,6 +175,10 @@ type ClientState struct {
 	Keepalive       uint16             // the number of seconds the connection can wait
 	ServerKeepalive bool               // keepalive was set by the server
 	publishRate     publishBucket      // COLONY PATCH P15: MaximumPublishRate
+	delivering      atomic.Int32       // COLONY PATCH P34: deliveries that found the client and are under way
+	released        atomic.Bool        // COLONY PATCH P34: the session is leaving for another node (ReleaseSession)
+	claimed         atomic.Bool        // COLONY PATCH P35: the session was ended by expiry or taken over, whichever came first
+	endMu           sync.Mutex         // COLONY PATCH P35: held while the expiry sweep claims and ends the session
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -412,6 +426,27 @@ func (cl *Client) ClearInflights() {
 	for _, id := range cl.State.Inflight.dropInbound(0) { // COLONY PATCH P25
 		cl.ops.hooks.OnQosDropped(cl, inboundState(id, 0))
 	}
+}
+
+// enterDelivery counts a delivery to cl that found it among the clients;
+// false: the session is being released to another node, and the delivery
+// is not to start (it is as if the message came after the session left).
+// leaveDelivery ends it. ReleaseSession waits for the deliveries under
+// way before it reads the session's messages. Both sides write before
+// they read (sequentially consistent atomics), so either the release sees
+// the delivery or the delivery sees the release. COLONY PATCH P34.
+func (cl *Client) enterDelivery() bool {
+	cl.State.delivering.Add(1)
+	if cl.State.released.Load() {
+		cl.State.delivering.Add(-1)
+		return false
+	}
+	return true
+}
+
+// leaveDelivery ends a delivery enterDelivery started. COLONY PATCH P34.
+func (cl *Client) leaveDelivery() {
+	cl.State.delivering.Add(-1)
 }
 
 // endInbound ends the client's own QoS 2 publish id, if it was waiting for

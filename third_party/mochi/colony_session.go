@@ -9,6 +9,7 @@ package mqtt
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -21,9 +22,28 @@ import (
 // session expire (OnClientExpired), so storage forgets it. The
 // subscriptions are removed first, so no message is routed to the session
 // after its in-flight set is read.
-func (s *Server) ReleaseSession(cl *Client) (storage.Client, []storage.Subscription, []storage.Message) {
+//
+// ok is false, and nothing is released, when the session expired or was
+// taken over by a connection here first (COLONY PATCH P35).
+func (s *Server) ReleaseSession(cl *Client) (rec storage.Client, subRecs []storage.Subscription, msgs []storage.Message, ok bool) {
+	cl.State.endMu.Lock()
+	defer cl.State.endMu.Unlock()
+	if !cl.State.claimed.CompareAndSwap(false, true) {
+		return rec, nil, nil, false
+	}
 	subs := cl.State.Subscriptions.GetAll()
 	s.UnsubscribeClient(cl)
+	// COLONY PATCH P34: a publisher that found the session before it was
+	// unsubscribed may be about to put its message in the in-flight set
+	// (acknowledged to its publisher all the same); read after that, the
+	// message stayed behind in this released client, which nobody sends,
+	// and in this node's storage. Deliveries under way end first, later
+	// ones do not start, and the set is sealed (P31) for any other path.
+	cl.State.released.Store(true)
+	for cl.State.delivering.Load() > 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
+	cl.State.Inflight.moveTo(nil)
 	inflight := cl.State.Inflight.GetAll(false)
 	for id, at := range cl.State.Inflight.inboundAll() { // COLONY PATCH P25: the client's own QoS 2 publishes
 		inflight = append(inflight, inboundState(id, at))
@@ -32,7 +52,7 @@ func (s *Server) ReleaseSession(cl *Client) (storage.Client, []storage.Subscript
 	s.Clients.Delete(cl.ID)
 	s.hooks.OnClientExpired(cl)
 
-	rec := storage.Client{
+	rec = storage.Client{
 		ID:              cl.ID,
 		T:               storage.ClientKey,
 		Remote:          cl.Net.Remote,
@@ -55,7 +75,7 @@ func (s *Server) ReleaseSession(cl *Client) (storage.Client, []storage.Subscript
 		},
 		Will: storage.ClientWill(cl.Properties.Will),
 	}
-	subRecs := make([]storage.Subscription, 0, len(subs))
+	subRecs = make([]storage.Subscription, 0, len(subs))
 	for _, sub := range subs {
 		subRecs = append(subRecs, storage.Subscription{
 			T:                 storage.SubscriptionKey,
@@ -69,7 +89,7 @@ func (s *Server) ReleaseSession(cl *Client) (storage.Client, []storage.Subscript
 			NoLocal:           sub.NoLocal,
 		})
 	}
-	msgs := make([]storage.Message, 0, len(inflight))
+	msgs = make([]storage.Message, 0, len(inflight))
 	for _, pk := range inflight {
 		msgs = append(msgs, storage.Message{
 			T:           storage.InflightKey,
@@ -93,7 +113,7 @@ func (s *Server) ReleaseSession(cl *Client) (storage.Client, []storage.Subscript
 			},
 		})
 	}
-	return rec, subRecs, msgs
+	return rec, subRecs, msgs, true
 }
 
 // AdoptSession installs a session another node released as a disconnected
@@ -158,5 +178,11 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 			atomic.AddInt64(&s.Info.Inflight, 1)
 		}
 		s.hooks.OnQosPublish(cl, mp, mp.Created, 0)
+		// COLONY PATCH P34: packet ids go on from the session's newest
+		// (ReleaseSession gives the messages oldest first), as P33 has
+		// them across a take-over on one node: from 0, the messages given
+		// the session here took lower ids than the moved ones, and a
+		// restart (loadInflight) resent them first.
+		atomic.StoreUint32(&cl.State.packetID, uint32(mp.PacketID))
 	}
 }

@@ -715,7 +715,15 @@ func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 // connection ID. If clean is true, the state of any previously existing client
 // session is abandoned.
 func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
-	if existing, ok := s.Clients.Get(cl.ID); ok {
+	existing, ok := s.Clients.Get(cl.ID)
+	if ok && !existing.State.claimed.CompareAndSwap(false, true) {
+		// COLONY PATCH P35: the session expired meanwhile (or another
+		// connection is taking it): once it has ended, start afresh.
+		existing.State.endMu.Lock() // held by expireClient until the session has ended
+		existing.State.endMu.Unlock()
+		ok = false
+	}
+	if ok {
 		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)                                   // [MQTT-3.1.4-3]
 		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
@@ -1275,7 +1283,13 @@ func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bo
 	direct := mayDirect && len(subscribers.Subscriptions) == 1
 	for id, subs := range subscribers.Subscriptions {
 		if cl, ok := s.Clients.Get(id); ok {
-			err := s.publishToClient(cl, subs, &pk, patience, &shared, direct)
+			if !cl.enterDelivery() { // COLONY PATCH P34: leaving for another node
+				continue
+			}
+			err := func() error {
+				defer cl.leaveDelivery() // even through a panic: ReleaseSession waits for it
+				return s.publishToClient(cl, subs, &pk, patience, &shared, direct)
+			}()
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packetSummary(pk))
 			}
@@ -2253,10 +2267,32 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			s.expireClient(id, client)
 		}
 	}
+}
+
+// expireClient ends the disconnected session cl, whose expiry passed,
+// unless a connection took it over first. COLONY PATCH P35: upstream told
+// the hooks and deleted the client id with nothing to stop a reconnect
+// taking the session over in between: the sweep then deleted the new,
+// connected client (publishers no longer found it), storage forgot the
+// session the client had just resumed, and the expired session's
+// subscriptions stayed in the topic tree, where a later connection under
+// the id, even with a clean start, got their messages. Now the sweep and a
+// take-over claim the session, one of them only; a connection that finds
+// it claimed waits for the end (endMu) and starts afresh.
+func (s *Server) expireClient(id string, cl *Client) {
+	cl.State.endMu.Lock()
+	defer cl.State.endMu.Unlock()
+	if !cl.State.claimed.CompareAndSwap(false, true) {
+		return
+	}
+	s.UnsubscribeClient(cl)
+	cl.State.Inflight.moveTo(nil) // P31: sealed, nothing more goes in
+	cl.ClearInflights()
+	s.hooks.OnClientExpired(cl)
+	s.Clients.deleteIf(id, cl) // [MQTT-4.1.0-2]
 }
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.
