@@ -86,7 +86,8 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 	if cl.tooLarge(&out) {   // COLONY PATCH P28: never deliverable to this client [MQTT-3.1.2-25]
 		return packets.ErrPacketTooLarge
 	}
-	added, sealed, next := cl.State.Inflight.setLive(&out) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+	set := cl.State.Inflight
+	added, sealed, next := set.setLive(&out) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 	if sealed {
 		// P31: the session was taken over since cl was looked up.
 		if next == nil {
@@ -94,10 +95,13 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 		}
 		return s.Push(next, pk)
 	}
-	if added {
-		atomic.AddInt64(&s.Info.Inflight, 1)
-		s.hooks.OnQosPublish(cl, out, out.Created, 0)
-	}
+	func() {
+		defer set.recorded() // COLONY PATCH P36
+		if added {
+			atomic.AddInt64(&s.Info.Inflight, 1)
+			s.hooks.OnQosPublish(cl, out, out.Created, 0)
+		}
+	}()
 	if !cl.State.Inflight.admit(out.PacketID) {
 		return nil // sent when acknowledgements free the quota (P26)
 	}

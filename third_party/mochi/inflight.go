@@ -9,6 +9,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -55,6 +56,15 @@ type Inflight struct {
 	// the session ended with a clean start).
 	sealed bool
 	next   *Client
+
+	// COLONY PATCH P36: messages (and the client's QoS 2 ids) put in the
+	// set by setLive or setInboundLive whose OnQosPublish has not returned
+	// yet (recorded). moveTo waits for them after sealing: a take-over
+	// otherwise moved such a message to the new connection, which resent
+	// it, and its acknowledgement told storage to delete the record before
+	// the delivering goroutine wrote it; the record outlived the flow and a
+	// restart delivered the message again (QoS 2: twice).
+	recording atomic.Int32
 }
 
 // heldMessage identifies a held message: the sequence tells a packet id
@@ -143,6 +153,20 @@ func (i *Inflight) Clone() *Inflight {
 // Publishers now find the set sealed and deliver to next. Next's quotas
 // are kept; next.State.Inflight is set only if there is something to move.
 func (i *Inflight) moveTo(next *Client) {
+	i.moveToLocked(next)
+	// COLONY PATCH P36: sealed, so no new recording starts; those under
+	// way finish telling the hooks before the caller resends or clears
+	// what moved.
+	for pause := 20 * time.Microsecond; ; pause = min(2*pause, time.Millisecond) {
+		if i.recording.Load() == 0 {
+			return
+		}
+		time.Sleep(pause)
+	}
+}
+
+// moveToLocked is moveTo without the wait for recordings under way.
+func (i *Inflight) moveToLocked(next *Client) {
 	i.Lock()
 	defer i.Unlock()
 	i.sealed, i.next = true, next
@@ -188,7 +212,14 @@ func (i *Inflight) setLive(m *packets.Packet) (added, sealed bool, next *Client)
 	if i.sealed {
 		return false, true, i.next
 	}
+	i.recording.Add(1) // COLONY PATCH P36: until the caller's recorded
 	return i.setLocked(m), false, nil
+}
+
+// recorded ends a recording that setLive or setInboundLive started: the
+// hooks have been told of the message (or id). COLONY PATCH P36.
+func (i *Inflight) recorded() {
+	i.recording.Add(-1) // started under the lock that sealing takes, so none starts after the seal
 }
 
 // cloneLocked is Clone; the lock is held.
@@ -235,6 +266,7 @@ func (i *Inflight) setInboundLive(id uint16, at int64) bool {
 		i.inbound = map[uint16]int64{}
 	}
 	i.inbound[id] = at
+	i.recording.Add(1) // COLONY PATCH P36: until the caller's recorded
 	return true
 }
 

@@ -1098,19 +1098,60 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9] Reduce qos based on server max qos capability
 	}
 
+	// COLONY PATCH P32, P37: a QoS 2 publish's id is recorded before
+	// anything acts on the publish: the OnPublish hooks (Colony's $rpc
+	// gateway starts the request there, and may wait for a free slot) and
+	// the delivery, which may wait long for slow subscribers (P3).
+	// Recorded after them, a take-over meanwhile (the client reconnecting,
+	// as one that waits long for its PUBREC may) found nothing to move,
+	// and the PUBLISH the client must send again was delivered, or its
+	// request run, a second time [MQTT-4.3.3-10]. A publish read on a
+	// connection taken over before it was recorded is not acted on here:
+	// the client sends it again on the new one.
+	inbound := pk.FixedHeader.Qos == 2 && !cl.Net.Inline
+	if inbound {
+		at := time.Now().Unix()
+		set := cl.State.Inflight
+		if !set.setInboundLive(pk.PacketID, at) {
+			return packets.ErrSessionTakenOver
+		}
+		func() {
+			defer set.recorded() // COLONY PATCH P36
+			s.hooks.OnQosPublish(cl, inboundState(pk.PacketID, at), at, 0)
+		}()
+	}
+	// forget drops the record of a QoS 2 publish that gets no successful
+	// PUBREC (its flow ends here). The receive quota was not taken yet.
+	forget := func() {
+		if inbound && cl.State.Inflight.deleteInbound(pk.PacketID) {
+			cl.ops.hooks.OnQosDropped(cl, inboundState(pk.PacketID, 0))
+		}
+	}
+
 	pkx, err := s.hooks.OnPublish(cl, pk)
 	if err == nil {
 		pk = pkx
 	} else if errors.Is(err, packets.ErrRejectPacket) {
+		forget()
 		return nil
 	} else if errors.Is(err, packets.CodeSuccessIgnore) {
 		pk.Ignore = true
 	} else if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)) {
-		err = cl.WritePacket(s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code)))
+		forget()
+		// COLONY PATCH P37: a QoS 2 publish is answered with a PUBREC
+		// (upstream sent a PUBACK, which the client cannot match).
+		ackType := packets.Puback
+		if pk.FixedHeader.Qos == 2 {
+			ackType = packets.Pubrec
+		}
+		err = cl.WritePacket(s.buildAck(pk.PacketID, ackType, 0, pk.Properties, err.(packets.Code)))
 		if err != nil {
 			return err
 		}
 		return nil
+	}
+	if inbound && pk.FixedHeader.Qos != 2 { // a hook lowered it: acknowledged with a PUBACK
+		forget()
 	}
 
 	if pk.FixedHeader.Retain { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]
@@ -1130,22 +1171,6 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// means the message is with every subscriber (queued, or in-flight and,
 	// in sync durability, committed to the store). Waiting here on slow
 	// subscribers is the back-pressure that slows this publisher.
-	// COLONY PATCH P32: a QoS 2 publish's id is recorded before the
-	// delivery, which may wait long for slow subscribers (P3). Recorded
-	// after it, a take-over meanwhile (the client reconnecting, as one
-	// that waits long for its PUBREC may) found nothing to move, and the
-	// PUBLISH the client must send again was delivered a second time
-	// [MQTT-4.3.3-10]. A publish read on a connection taken over before
-	// it was recorded is not delivered here: the client sends it again on
-	// the new one.
-	if pk.FixedHeader.Qos == 2 {
-		at := time.Now().Unix()
-		if !cl.State.Inflight.setInboundLive(pk.PacketID, at) {
-			return packets.ErrSessionTakenOver
-		}
-		s.hooks.OnQosPublish(cl, inboundState(pk.PacketID, at), at, 0)
-	}
-
 	s.publishFrom(cl, pk)
 	s.hooks.OnPublished(cl, pk)
 
@@ -1508,7 +1533,8 @@ func (s *Server) deliverTo(cl *Client, sub packets.Subscription, pk *packets.Pac
 
 		// COLONY PATCH P24: in flight and in the queue, one copy; out is
 		// not changed after this.
-		ok, sealed, next := cl.State.Inflight.setLive(&out) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		set := cl.State.Inflight
+		ok, sealed, next := set.setLive(&out) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 		if sealed {
 			// COLONY PATCH P31: a new connection took the session over
 			// since cl was looked up; it has the session's messages and
@@ -1518,10 +1544,13 @@ func (s *Server) deliverTo(cl *Client, sub packets.Subscription, pk *packets.Pac
 			}
 			return s.deliverTo(next, sub, pk, patience, nil, false, own)
 		}
-		if ok {
-			atomic.AddInt64(&s.Info.Inflight, 1)
-			s.hooks.OnQosPublish(cl, out, out.Created, 0)
-		}
+		func() {
+			defer set.recorded() // COLONY PATCH P36: a take-over may move it now
+			if ok {
+				atomic.AddInt64(&s.Info.Inflight, 1)
+				s.hooks.OnQosPublish(cl, out, out.Created, 0)
+			}
+		}()
 
 		// COLONY PATCH P26: over the client's Receive Maximum, the message
 		// waits in flight, in order, for acknowledgements (sendHeld).
