@@ -179,6 +179,8 @@ type ClientState struct {
 	released        atomic.Bool        // COLONY PATCH P34: the session is leaving for another node (ReleaseSession)
 	claimed         atomic.Bool        // COLONY PATCH P35: the session was ended by expiry or taken over, whichever came first
 	endMu           sync.Mutex         // COLONY PATCH P35: held while the expiry sweep claims and ends the session
+	willMu          sync.Mutex         // COLONY PATCH P38: orders scheduling this connection's delayed will against a take-over
+	willFate        uint8              // COLONY PATCH P38: set by a take-over (under willMu): willResumed or willEnded
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server

@@ -525,7 +525,13 @@ func (s *Server) connectClient(cl *Client, listener string) error {
 		return fmt.Errorf("ack connection packet: %w", err)
 	}
 
-	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
+	// COLONY PATCH P38: a will waiting for its delay is cancelled by a
+	// connection that resumes its session [MQTT-3.1.3-9]; one that starts a
+	// new session ended the will's session, so the will goes out now
+	// [MQTT-3.1.2-8]. Upstream cancelled it either way.
+	if will, ok := s.loop.willDelayed.TakeIf(cl.ID, nil); ok && !sessionPresent {
+		s.publishWill(will, s.Options.Capabilities.SlowClientPatience)
+	}
 
 	if sessionPresent {
 		err = cl.ResendInflightMessages(true)
@@ -724,8 +730,22 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		ok = false
 	}
 	if ok {
-		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver)                                   // [MQTT-3.1.4-3]
-		if pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5) { // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
+		ended := pk.Connect.Clean || (existing.Properties.Clean && existing.Properties.ProtocolVersion < 5)
+		// COLONY PATCH P38: the old connection's goroutine schedules its
+		// delayed will when it sees its end, which may be after this
+		// connection's CONNACK, where a pending will is dealt with: told
+		// first, it sends the will now if the session ends, or drops it if
+		// the session goes on. Upstream scheduled it anyway: published
+		// while the client was connected, it also wiped the new
+		// connection's will.
+		existing.State.willMu.Lock()
+		existing.State.willFate = willResumed
+		if ended {
+			existing.State.willFate = willEnded
+		}
+		existing.State.willMu.Unlock()
+		_ = s.DisconnectClient(existing, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		if ended {                                                    // [MQTT-3.1.2-4] [MQTT-3.1.4-4]
 			s.UnsubscribeClient(existing)
 			// COLONY PATCH P31: the session ended; nothing more goes into it.
 			// Sealed before it is cleared, so that a message a publisher
@@ -2072,34 +2092,53 @@ func (s *Server) closeListenerClients(listener string) {
 	}
 }
 
+// willPacket is the PUBLISH of cl's will w; a delayed one carries the time
+// it is due in Expiry (COLONY PATCH P38: factored out of sendLWT).
+func (s *Server) willPacket(cl *Client, w Will) packets.Packet {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{
+			Type:   packets.Publish,
+			Retain: w.Retain, // [MQTT-3.1.2-14] [MQTT-3.1.2-15]
+			Qos:    w.Qos,
+		},
+		TopicName: w.TopicName,
+		Payload:   w.Payload,
+		Properties: packets.Properties{
+			User: w.User,
+		},
+		Origin:  cl.ID,
+		Created: time.Now().Unix(),
+	}
+	if cl.Properties.Will.WillDelayInterval > 0 {
+		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
+		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
+	}
+	return pk
+}
+
 // sendLWT issues an LWT message to a topic when a client disconnects.
 func (s *Server) sendLWT(cl *Client) {
 	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 0 {
 		return
 	}
 
-	modifiedLWT := s.hooks.OnWill(cl, cl.Properties.Will)
-
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{
-			Type:   packets.Publish,
-			Retain: modifiedLWT.Retain, // [MQTT-3.1.2-14] [MQTT-3.1.2-15]
-			Qos:    modifiedLWT.Qos,
-		},
-		TopicName: modifiedLWT.TopicName,
-		Payload:   modifiedLWT.Payload,
-		Properties: packets.Properties{
-			User: modifiedLWT.User,
-		},
-		Origin:  cl.ID,
-		Created: time.Now().Unix(),
-	}
+	pk := s.willPacket(cl, s.hooks.OnWill(cl, cl.Properties.Will))
 
 	if cl.Properties.Will.WillDelayInterval > 0 {
-		pk.Connect.WillProperties.WillDelayInterval = cl.Properties.Will.WillDelayInterval
-		pk.Expiry = time.Now().Unix() + int64(pk.Connect.WillProperties.WillDelayInterval)
-		s.loop.willDelayed.Add(cl.ID, pk)
-		return
+		// COLONY PATCH P38: unless a take-over decided its fate already.
+		cl.State.willMu.Lock()
+		fate := cl.State.willFate
+		if fate == 0 {
+			s.loop.willDelayed.Add(cl.ID, pk)
+		}
+		cl.State.willMu.Unlock()
+		if fate != willEnded {
+			if fate == willResumed {
+				atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.3-9]
+			}
+			return
+		}
+		// the session ended within the delay: the will goes out now [MQTT-3.1.2-8]
 	}
 
 	if pk.FixedHeader.Retain {
@@ -2232,6 +2271,14 @@ func (s *Server) loadClients(v []storage.Client) {
 			s.UnsubscribeClient(cl)
 		} else {
 			s.Clients.Add(cl)
+			// COLONY PATCH P38: a will not sent (its connection ended
+			// without DISCONNECT, and its delay had not passed, or the
+			// server stopped first) is part of the session [MQTT 5 4.1]:
+			// it waits for its delay again. Upstream kept delayed wills
+			// only in memory, and never sent them after a restart.
+			if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 {
+				s.loop.willDelayed.Add(cl.ID, s.willPacket(cl, cl.Properties.Will))
+			}
 		}
 	}
 }
@@ -2356,16 +2403,39 @@ func (s *Server) clearExpiredInflights(now int64) {
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
-			s.publishToSubscribersNoWait(pk) // [MQTT-3.1.2-8]
-			if cl, ok := s.Clients.Get(id); ok {
-				if pk.FixedHeader.Retain {
-					s.retainMessage(cl, pk)
-				}
-				cl.Properties.Will = Will{} // [MQTT-3.1.2-10]
-				s.hooks.OnWillSent(cl, pk)
+			// COLONY PATCH P38: taken, not read and deleted later: a
+			// connection resuming the session meanwhile cancels it.
+			pk, ok := s.loop.willDelayed.TakeIf(id, func(pk packets.Packet) bool { return dt > pk.Expiry })
+			if ok {
+				s.publishWill(pk, 0)
 			}
-			s.loop.willDelayed.Delete(id)
 		}
+	}
+}
+
+// Fates of a connection's delayed will decided by a take-over. COLONY PATCH P38.
+const (
+	willResumed uint8 = 1 + iota // the session goes on: the will is cancelled [MQTT-3.1.3-9]
+	willEnded                    // the session ended: the will goes out at once [MQTT-3.1.2-8]
+)
+
+// publishWill publishes a delayed will taken from willDelayed. COLONY
+// PATCH P38: the client found under its id is told it was sent only if it
+// is still the disconnected session the will belongs to; upstream cleared
+// the will of whatever client had the id, a new connection's included.
+func (s *Server) publishWill(pk packets.Packet, patience time.Duration) {
+	cl, ok := s.Clients.Get(pk.Origin)
+	if pk.FixedHeader.Retain {
+		rc := cl
+		if !ok {
+			rc = s.inlineClient
+		}
+		s.retainMessage(rc, pk)
+	}
+	s.publishToSubscribersWait(pk, patience) // [MQTT-3.1.2-8]
+	if ok && cl.Closed() {
+		atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10]
+		s.hooks.OnWillSent(cl, pk)
 	}
 }
 

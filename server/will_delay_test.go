@@ -1,0 +1,200 @@
+package server_test
+
+import (
+	"bufio"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/colonymq/colony/app/apptest"
+	"github.com/colonymq/colony/server"
+	"github.com/colonymq/colony/store"
+)
+
+// willConnect connects a raw MQTT 5 client id with a QoS qos will on topic
+// (payload), delayed by delay seconds, and the session expiry expiry; it
+// checks the CONNACK's session present flag.
+func willConnect(t *testing.T, addr, id string, clean, present bool, expiry, delay uint32, topic, payload string, qos byte) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+		t.Fatal(err)
+	}
+	flags := byte(0x04) | qos<<3
+	if clean {
+		flags |= 0x02
+	}
+	props := []byte{0x11, byte(expiry >> 24), byte(expiry >> 16), byte(expiry >> 8), byte(expiry)}
+	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, byte(len(props))}, props...)
+	body = append(append(body, 0, byte(len(id))), id...)
+	body = append(body, 5, 0x18, byte(delay>>24), byte(delay>>16), byte(delay>>8), byte(delay))
+	body = append(append(body, 0, byte(len(topic))), topic...)
+	body = append(append(body, 0, byte(len(payload))), payload...)
+	if _, err := c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	typ, ack, err := apptest.ReadRawPacket(r, nil)
+	want := byte(0)
+	if present {
+		want = 1
+	}
+	if err != nil || typ != 0x20 || len(ack) < 2 || ack[0] != want || ack[1] != 0 {
+		t.Fatalf("connack %x %x: %v (want session present %d)", typ, ack, err, want)
+	}
+	return c, r
+}
+
+// willSubscriber subscribes a 3.1.1 client to topic at QoS 1.
+func willSubscriber(t *testing.T, addr, topic string) chan pahov3.Message {
+	t.Helper()
+	ch, h := apptest.Sink()
+	s := apptest.V3(t, "tcp://"+addr, "will-watch")
+	apptest.Done(t, s.Subscribe(topic, 1, h))
+	return ch
+}
+
+// willPauseHook holds up the first OnWill of client id until released:
+// it widens the window between a connection's end and its will being
+// scheduled, which a taken-over connection's goroutine always has (it
+// runs sendLWT after the new connection was told its CONNACK or before).
+type willPauseHook struct {
+	mqtt.HookBase
+	id      string
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (*willPauseHook) ID() string { return "will-pause" }
+func (*willPauseHook) Provides(b byte) bool {
+	return b == mqtt.OnWill
+}
+func (h *willPauseHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if cl.ID == h.id {
+		h.once.Do(func() {
+			close(h.entered)
+			select {
+			case <-h.release:
+			case <-time.After(apptest.Wait):
+			}
+		})
+	}
+	return will, nil
+}
+
+// TestDelayedWillCancelledByTakeOver: a persistent MQTT 5 session's
+// connection has a will delayed by 1 s, and a new connection resumes the
+// session (take-over). The new connection came within the delay, so the
+// old will must not be sent [MQTT-3.1.3-9]; the new connection's own will
+// is then sent when it drops. The old connection's goroutine schedules its
+// delayed will when it notices its end, which may be after the new
+// connection's CONNACK, where the pending will of the id is cancelled: the
+// old will then stayed scheduled, was published while the client was
+// connected, and wiped the new connection's will (Clients.Get finds the new
+// client), so the new connection's end published nothing.
+func TestDelayedWillCancelledByTakeOver(t *testing.T) {
+	h := &willPauseHook{id: "wt", entered: make(chan struct{}), release: make(chan struct{})}
+	srv := hookedServer(t, server.Limits{}, h)
+	addr := srv.Addr(server.ListenerMQTT)
+	wills := willSubscriber(t, addr, "w/t")
+
+	willConnect(t, addr, "wt", false, false, 3600, 1, "w/t", "old", 1)
+	c2, _ := willConnect(t, addr, "wt", false, true, 3600, 0, "w/t", "new", 1)
+	select {
+	case <-h.entered:
+	case <-time.After(apptest.Wait):
+		t.Fatal("the old connection's will was never considered")
+	}
+	close(h.release)
+
+	select { // the old will's delay (1 s) passes, twice over
+	case m := <-wills:
+		t.Fatalf("will %q published, though the session was resumed within its delay", m.Payload())
+	case <-time.After(3 * time.Second):
+	}
+	c2.Close()
+	if m := apptest.Next(t, wills); string(m.Payload()) != "new" {
+		t.Fatalf("got will %q, want the new connection's", m.Payload())
+	}
+}
+
+// disconnectHook reports each OnDisconnect of client id.
+type disconnectHook struct {
+	mqtt.HookBase
+	id   string
+	gone chan struct{}
+}
+
+func (*disconnectHook) ID() string { return "disconnect-probe" }
+func (*disconnectHook) Provides(b byte) bool {
+	return b == mqtt.OnDisconnect
+}
+func (h *disconnectHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if cl.ID == h.id {
+		h.gone <- struct{}{}
+	}
+}
+
+// TestDelayedWillSentWhenTheSessionEnds: MQTT 5 publishes a will "after
+// the Will Delay Interval has passed or the Session ends, whichever
+// happens first" [MQTT-3.1.2-8] (3.1.3.2.2). A persistent session's
+// connection drops with a will delayed by an hour, and a new connection
+// under its id starts with clean start: the session ends [MQTT-3.1.2-4],
+// so the will must go out now. The engine cancelled it instead, as if the
+// session had been resumed [MQTT-3.1.3-9]: it was never published.
+// (A will delay beyond the session expiry is cut to it at CONNECT, so an
+// expiring session's will is not late.)
+func TestDelayedWillSentWhenTheSessionEnds(t *testing.T) {
+	h := &disconnectHook{id: "we", gone: make(chan struct{}, 4)}
+	srv := hookedServer(t, server.Limits{}, h)
+	addr := srv.Addr(server.ListenerMQTT)
+	wills := willSubscriber(t, addr, "w/e")
+	c, _ := willConnect(t, addr, "we", false, false, 3600, 3600, "w/e", "bye", 1)
+	c.Close()
+	<-h.gone
+	apptest.RawClient(t, addr, "we", 5, true, false, 0)
+	if m := apptest.Next(t, wills); string(m.Payload()) != "bye" {
+		t.Fatalf("got %q", m.Payload())
+	}
+}
+
+// TestDelayedWillSurvivesRestart: a persistent session's connection drops
+// with a will delayed by 2 s, and the server restarts within the delay.
+// The will is part of the session state [MQTT 5 4.1] and the store keeps
+// it, but the delayed will lived only in memory: after the restart
+// nothing published it, and a client that never came back never had its
+// will sent.
+func TestDelayedWillSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "colony.db")
+	h := &disconnectHook{id: "wr", gone: make(chan struct{}, 4)}
+	srv, stop := storedServer(t, path, store.DurabilitySync, h)
+	addr := srv.Addr(server.ListenerMQTT)
+	// a persistent 3.1.1 watcher, away during the restart
+	s := apptest.V3(t, "tcp://"+addr, "wr-watch", func(o *pahov3.ClientOptions) { o.SetCleanSession(false) })
+	apptest.Done(t, s.Subscribe("w/r", 1, nil))
+	s.Disconnect(50)
+
+	c, _ := willConnect(t, addr, "wr", false, false, 3600, 2, "w/r", "bye", 1)
+	c.Close()
+	<-h.gone
+	stop()
+
+	srv, _ = storedServer(t, path, store.DurabilitySync)
+	ch, hd := apptest.Sink()
+	apptest.V3(t, "tcp://"+srv.Addr(server.ListenerMQTT), "wr-watch", func(o *pahov3.ClientOptions) {
+		o.SetCleanSession(false).SetDefaultPublishHandler(hd)
+	})
+	if m := apptest.Next(t, ch); string(m.Payload()) != "bye" {
+		t.Fatalf("got %q", m.Payload())
+	}
+}
