@@ -442,3 +442,33 @@ func TestRestartKeepsResendOrder(t *testing.T) {
 		t.Fatalf("after the restart the session's messages came as %q, want [\"2\" \"3\"]", got)
 	}
 }
+
+// TestSharedGroupPrefersConnectedMembers: a shared group with a member
+// whose persistent session is offline and a connected member: the
+// connected one gets every message. Upstream picked members in map order,
+// so about half went to the offline session, to wait for its return or be
+// dropped when it expired (MQTT 5 4.8.2: the server SHOULD send them to
+// another member).
+func TestSharedGroupPrefersConnectedMembers(t *testing.T) {
+	a := apptest.Run(t, apptest.Config(t))
+	away, _ := rawSubscriber(t, a.Addr("mqtt"), "sh-away", []byte{0x11, 0, 0, 0x0e, 0x10}, "$share/g/sh/t", 1) // session expiry 3600 s
+	away.Close()
+	apptest.Eventually(t, func() error {
+		if n := a.Server().Stats().Info.ClientsConnected; n != 0 {
+			return fmt.Errorf("%d connected", n)
+		}
+		return nil
+	})
+	msgs, handler := apptest.Sink()
+	here := apptest.V3(t, apptest.URL(a), "sh-here")
+	apptest.Done(t, here.Subscribe("$share/g/sh/t", 1, handler))
+	pub := apptest.V3(t, apptest.URL(a), "sh-pub")
+	for i := range 20 {
+		apptest.Done(t, pub.Publish("sh/t", 1, false, fmt.Sprint(i)))
+	}
+	for i := range 20 {
+		if m := apptest.Next(t, msgs); string(m.Payload()) != fmt.Sprint(i) {
+			t.Fatalf("message %d: got %q", i, m.Payload())
+		}
+	}
+}

@@ -1312,7 +1312,10 @@ func (s *Server) deliver(pk packets.Packet, patience time.Duration, mayDirect bo
 		}
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
-			subscribers.SelectShared()
+			subscribers.selectSharedOnline(func(id string) bool { // COLONY PATCH P39
+				cl, ok := s.Clients.Get(id)
+				return ok && !cl.Closed()
+			})
 		}
 		subscribers.MergeSharedSelected()
 	}

@@ -356,6 +356,38 @@ func (s *Subscribers) SelectShared() {
 	}
 }
 
+// selectSharedOnline is SelectShared preferring, in each group, a member
+// that online reports connected. COLONY PATCH P39: upstream took whichever
+// member map order gave first, connected or not, so a group with an
+// offline persistent member queued part of its messages in that member's
+// session, where they waited for its return, or were dropped with it when
+// it expired, while connected members were idle (MQTT 5 4.8.2: the server
+// SHOULD send to another member).
+func (s *Subscribers) selectSharedOnline(online func(client string) bool) {
+	s.SharedSelected = map[string]packets.Subscription{}
+	for _, subs := range s.Shared {
+		chosen, found := "", false
+		for client := range subs {
+			if !found {
+				chosen, found = client, true
+			}
+			if online(client) {
+				chosen = client
+				break
+			}
+		}
+		if !found {
+			continue
+		}
+		sub := subs[chosen]
+		cls, ok := s.SharedSelected[chosen]
+		if !ok {
+			cls = sub
+		}
+		s.SharedSelected[chosen] = cls.Merge(sub)
+	}
+}
+
 // MergeSharedSelected merges the selected subscribers for a shared subscription group
 // and the non-shared subscribers, to ensure that no subscriber gets multiple messages
 // due to have both types of subscription matching the same filter.
