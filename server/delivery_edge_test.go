@@ -155,10 +155,7 @@ func TestResendDoesNotRepeatANewDelivery(t *testing.T) {
 	}
 	addr := srv.Addr(server.ListenerMQTT)
 	c, r := apptest.RawClient(t, addr, "rd-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'r', 'd', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "rd/t", 1)
 	c.Close()
 
 	h.armed.Store(true)
@@ -203,10 +200,7 @@ func TestAcknowledgingClientIsNotStalled(t *testing.T) {
 	cfg.Limits.SlowClientTimeout = app.Duration(time.Second)
 	a := apptest.Run(t, cfg)
 	c, r := apptest.RawClient(t, a.Addr("mqtt"), "bk-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'b', 'k', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "bk/t", 1)
 	c.Close()
 	pub := apptest.V3(t, apptest.URL(a), "bk-pub")
 	const backlog = 60
@@ -273,10 +267,7 @@ func TestCleanStartForgetsLateMessages(t *testing.T) {
 	srv := hookedServer(t, server.Limits{MaxInflight: 1, SlowClientTimeout: apptest.Wait}, h)
 	addr := srv.Addr(server.ListenerMQTT)
 	c, r := apptest.RawClient(t, addr, "cs-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'c', 's', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "cs/t", 1)
 	pub := apptest.V3(t, "tcp://"+addr, "cs-pub")
 	apptest.Done(t, pub.Publish("cs/t", 1, false, "0"))
 	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ&0xf6 != 0x32 {
@@ -324,10 +315,7 @@ func TestQoS2PublishResentDuringItsDelivery(t *testing.T) {
 	cfg.Limits.SlowClientTimeout = app.Duration(apptest.Wait)
 	a := apptest.Run(t, cfg)
 	s, sr := apptest.RawClient(t, a.Addr("mqtt"), "q2-sub", 4, false, false, 0)
-	apptest.RawExchange(t, s, sr, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'q', '2', '/', 't', 2},
-		Want: []byte{0x90, 3, 0, 1, 2},
-	})
+	rawSubscribe(t, s, sr, 4, "q2/t", 2)
 	other := apptest.V3(t, apptest.URL(a), "q2-other")
 	apptest.Done(t, other.Publish("q2/t", 2, false, "0")) // fills the window
 	typ, first, err := apptest.ReadRawPacket(sr, nil)

@@ -106,10 +106,7 @@ func TestResentPublishCarriesItsTopic(t *testing.T) {
 	a := apptest.Run(t, apptest.Config(t))
 	props := []byte{0x11, 0, 0, 0x0e, 0x10, 0x22, 0, 10} // session expiry 3600 s, Topic Alias Maximum 10
 	c, r := apptest.RawClientWith(t, a.Addr("mqtt"), "ta-sub", 5, true, false, props)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 10, 0, 1, 0, 0, 4, 't', 'a', '/', 't', 1},
-		Want: []byte{0x90, 4, 0, 1, 0, 1},
-	})
+	rawSubscribe(t, c, r, 5, "ta/t", 1)
 	pub := apptest.V3(t, apptest.URL(a), "ta-pub")
 	apptest.Done(t, pub.Publish("ta/t", 1, false, "0"))
 	apptest.Done(t, pub.Publish("ta/t", 1, false, "1"))
@@ -143,10 +140,7 @@ func TestOversizedMessageDoesNotStallTheSession(t *testing.T) {
 			// session expiry 3600 s, Receive Maximum 1, Maximum Packet Size 64
 			props := []byte{0x11, 0, 0, 0x0e, 0x10, 0x21, 0, 1, 0x27, 0, 0, 0, 64}
 			c, r := apptest.RawClientWith(t, a.Addr("mqtt"), "mp-sub", 5, true, false, props)
-			apptest.RawExchange(t, c, r, apptest.RawStep{
-				Send: []byte{0x82, 10, 0, 1, 0, 0, 4, 'm', 'p', '/', 't', 1},
-				Want: []byte{0x90, 4, 0, 1, 0, 1},
-			})
+			rawSubscribe(t, c, r, 5, "mp/t", 1)
 			pub := apptest.V3(t, apptest.URL(a), "mp-pub")
 			apptest.Done(t, pub.Publish("mp/t", 1, false, strings.Repeat("x", 200)))
 			if reconnect {
@@ -179,10 +173,7 @@ func TestHeldMessagesSurviveReconnectAndRestart(t *testing.T) {
 	a := apptest.Run(t, cfg)
 	props := []byte{0x11, 0, 0, 0x0e, 0x10, 0x21, 0, 1} // session expiry 3600 s, Receive Maximum 1
 	c, r := apptest.RawClientWith(t, a.Addr("mqtt"), "hr-sub", 5, true, false, props)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 10, 0, 1, 0, 0, 4, 'h', 'r', '/', 't', 1},
-		Want: []byte{0x90, 4, 0, 1, 0, 1},
-	})
+	rawSubscribe(t, c, r, 5, "hr/t", 1)
 	c.Close()
 	pub := apptest.V3(t, apptest.URL(a), "hr-pub")
 	for i := range 3 {
@@ -225,10 +216,7 @@ func TestTakeOverWhileAPublisherWaitsForTheWindow(t *testing.T) {
 	cfg.Limits.SlowClientTimeout = app.Duration(apptest.Wait)
 	a := apptest.Run(t, cfg)
 	c, r := apptest.RawClient(t, a.Addr("mqtt"), "to-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 't', 'o', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "to/t", 1)
 	pub := apptest.V3(t, apptest.URL(a), "to-pub")
 	received := a.Server().Stats().Info.MessagesReceived
 	apptest.Done(t, pub.Publish("to/t", 1, false, "0"))
@@ -264,10 +252,7 @@ func TestFullWindowKeepsTheMessage(t *testing.T) {
 	cfg.Limits.SlowClientTimeout = app.Duration(300 * time.Millisecond)
 	a := apptest.Run(t, cfg)
 	c, r := apptest.RawClient(t, a.Addr("mqtt"), "fw-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'f', 'w', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "fw/t", 1)
 	pub := apptest.V3(t, apptest.URL(a), "fw-pub")
 	for i := range 3 {
 		apptest.Done(t, pub.Publish("fw/t", 1, false, fmt.Sprint(i)))
@@ -315,10 +300,7 @@ func TestOwnMessagesPastTheWindow(t *testing.T) {
 		pub := apptest.V3(t, apptest.URL(a), "rw-pub")
 		apptest.Done(t, pub.Publish("rw/r", 1, true, "retained"))
 		c, r := apptest.RawClient(t, a.Addr("mqtt"), "rw-sub", 4, true, false, 0)
-		apptest.RawExchange(t, c, r, apptest.RawStep{
-			Send: []byte{0x82, 9, 0, 1, 0, 4, 'r', 'w', '/', 't', 1},
-			Want: []byte{0x90, 3, 0, 1, 1},
-		})
+		rawSubscribe(t, c, r, 4, "rw/t", 1)
 		apptest.Done(t, pub.Publish("rw/t", 1, false, "a"))
 		apptest.Done(t, pub.Publish("rw/t", 1, false, "b"))
 		// The window is full; SUBSCRIBE rw/r, then acknowledge both.
@@ -389,10 +371,7 @@ func TestRestartKeepsResendOrder(t *testing.T) {
 	cfg.Store.Durability = "sync"
 	a := apptest.Run(t, cfg)
 	c, r := apptest.RawClient(t, a.Addr("mqtt"), "ro-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'r', 'o', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "ro/t", 1)
 	c.Close()
 	pub := apptest.V3(t, apptest.URL(a), "ro-pub")
 	for i := range 3 {

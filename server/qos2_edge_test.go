@@ -107,10 +107,7 @@ func TestTakeOverBeforeTheMessageIsRecorded(t *testing.T) {
 	addr := srv.Addr(server.ListenerMQTT)
 
 	c, r := apptest.RawClient(t, addr, "tr-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 't', 'r', '/', 't', 2},
-		Want: []byte{0x90, 3, 0, 1, 2},
-	})
+	rawSubscribe(t, c, r, 4, "tr/t", 2)
 	pub := apptest.V3(t, "tcp://"+addr, "tr-pub")
 	tok := pub.Publish("tr/t", 2, false, "x")
 	select {

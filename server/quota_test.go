@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -44,13 +45,28 @@ func TestSmallReceiveMaximumGetsEverything(t *testing.T) {
 }
 
 // rawSubscriber connects an MQTT 5 raw client with the CONNECT properties
-// props (clean start) and subscribes it to the one-level topic at qos.
+// props (clean start) and subscribes it to topic at qos.
 func rawSubscriber(t *testing.T, addr, id string, props []byte, topic string, qos byte) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, r := apptest.RawClientWith(t, addr, id, 5, true, false, props)
-	sub := append([]byte{0x82, byte(2 + 1 + 2 + len(topic) + 1), 0, 1, 0, 0, byte(len(topic))}, topic...)
-	apptest.RawExchange(t, c, r, apptest.RawStep{Send: append(sub, qos), Want: []byte{0x90, 4, 0, 1, 0, qos}})
+	rawSubscribe(t, c, r, 5, topic, qos)
 	return c, r
+}
+
+// rawSubscribe subscribes the raw client of protocol version (4: 3.1.1,
+// or 5) to topic at qos, packet id 1, and checks that the SUBACK grants it.
+func rawSubscribe(t *testing.T, c net.Conn, r *bufio.Reader, version byte, topic string, qos byte) {
+	t.Helper()
+	head := []byte{0, 1} // packet id
+	if version == 5 {
+		head = []byte{0, 1, 0} // and no properties
+	}
+	sub := slices.Concat(head, []byte{0, byte(len(topic))}, []byte(topic), []byte{qos})
+	ack := slices.Concat(head, []byte{qos})
+	apptest.RawExchange(t, c, r, apptest.RawStep{
+		Send: append([]byte{0x82, byte(len(sub))}, sub...),
+		Want: append([]byte{0x90, byte(len(ack))}, ack...),
+	})
 }
 
 // rawPublish reads an MQTT 5 PUBLISH (QoS 1 or 2, properties under 128

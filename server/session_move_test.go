@@ -82,10 +82,7 @@ func TestReleaseSessionKeepsALateDelivery(t *testing.T) {
 	b := hookedServer(t, server.Limits{})
 
 	c, r := apptest.RawClient(t, a.Addr(server.ListenerMQTT), "mv-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'm', 'v', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "mv/t", 1)
 	c.Close()
 	apptest.Eventually(t, func() error {
 		if a.Stats().Info.ClientsConnected != 0 {
@@ -155,10 +152,7 @@ func TestReleaseSessionKeepsALateDelivery(t *testing.T) {
 func TestMovedSessionKeepsResendOrderAfterRestart(t *testing.T) {
 	src := hookedServer(t, server.Limits{})
 	c, r := apptest.RawClient(t, src.Addr(server.ListenerMQTT), "mo-sub", 4, false, false, 0)
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 9, 0, 1, 0, 4, 'm', 'o', '/', 't', 1},
-		Want: []byte{0x90, 3, 0, 1, 1},
-	})
+	rawSubscribe(t, c, r, 4, "mo/t", 1)
 	pub := apptest.V3(t, "tcp://"+src.Addr(server.ListenerMQTT), "mo-pub")
 	for i := range 5 { // the session's packet ids advance to 5
 		apptest.Done(t, pub.Publish("mo/t", 1, false, fmt.Sprint(i)))
@@ -277,10 +271,7 @@ func TestSessionResumedAsItExpires(t *testing.T) {
 	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0x20 || body[0] != 0 || body[1] != 0 {
 		t.Fatalf("connack %x %x: %v (want session present 0: the expiry came first)", typ, body, err)
 	}
-	apptest.RawExchange(t, c, r, apptest.RawStep{
-		Send: []byte{0x82, 10, 0, 1, 0, 0, 4, 'e', 'x', '/', 't', 1},
-		Want: []byte{0x90, 4, 0, 1, 0, 1},
-	})
+	rawSubscribe(t, c, r, 5, "ex/t", 1)
 	apptest.Done(t, pub.Publish("ex/t", 1, false, "0"))
 	rawPublish(t, r, "0", false)
 }

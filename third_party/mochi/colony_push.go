@@ -102,7 +102,7 @@ func (s *Server) Push(cl *Client, pk packets.Packet) error {
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
 		}
 	}()
-	if !cl.State.Inflight.admit(out.PacketID) {
+	if !set.admit(out.PacketID) {
 		return nil // sent when acknowledgements free the quota (P26)
 	}
 

@@ -44,7 +44,7 @@ type Inflight struct {
 	held  []heldMessage
 	nheld atomic.Int32
 
-	// resending: a new connection is to resend the session's messages, the
+	// COLONY PATCH P26: a new connection is to resend the session's messages, the
 	// ones up to resendSeq, before anything newer goes out (moveTo,
 	// resendPlan); admit holds every message until then.
 	resending bool
@@ -153,7 +153,7 @@ func (i *Inflight) Clone() *Inflight {
 // Publishers now find the set sealed and deliver to next. Next's quotas
 // are kept; next.State.Inflight is set only if there is something to move.
 func (i *Inflight) moveTo(next *Client) {
-	i.moveToLocked(next)
+	i.sealAndMove(next)
 	// COLONY PATCH P36: sealed, so no new recording starts; those under
 	// way finish telling the hooks before the caller resends or clears
 	// what moved.
@@ -165,8 +165,8 @@ func (i *Inflight) moveTo(next *Client) {
 	}
 }
 
-// moveToLocked is moveTo without the wait for recordings under way.
-func (i *Inflight) moveToLocked(next *Client) {
+// sealAndMove is moveTo without the wait for recordings under way.
+func (i *Inflight) sealAndMove(next *Client) {
 	i.Lock()
 	defer i.Unlock()
 	i.sealed, i.next = true, next

@@ -1577,7 +1577,7 @@ func (s *Server) deliverTo(cl *Client, sub packets.Subscription, pk *packets.Pac
 
 		// COLONY PATCH P26: over the client's Receive Maximum, the message
 		// waits in flight, in order, for acknowledgements (sendHeld).
-		if !cl.State.Inflight.admit(out.PacketID) {
+		if !set.admit(out.PacketID) {
 			return nil
 		}
 	}
@@ -2144,13 +2144,21 @@ func (s *Server) sendLWT(cl *Client) {
 		// the session ended within the delay: the will goes out now [MQTT-3.1.2-8]
 	}
 
+	s.sendWill(cl, pk, s.Options.Capabilities.SlowClientPatience, true)
+}
+
+// sendWill publishes the will pk, retained by cl if it asks so; sent says
+// that cl is the disconnected session the will belongs to, which is told
+// it was sent.
+func (s *Server) sendWill(cl *Client, pk packets.Packet, patience time.Duration, sent bool) {
 	if pk.FixedHeader.Retain {
 		s.retainMessage(cl, pk)
 	}
-
-	s.publishToSubscribers(pk)                      // [MQTT-3.1.2-8]
-	atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10]
-	s.hooks.OnWillSent(cl, pk)
+	s.publishToSubscribersWait(pk, patience) // [MQTT-3.1.2-8]
+	if sent {
+		atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10]
+		s.hooks.OnWillSent(cl, pk)
+	}
 }
 
 // readStore reads in any data from the persistent datastore (if applicable).
@@ -2428,18 +2436,10 @@ const (
 // the will of whatever client had the id, a new connection's included.
 func (s *Server) publishWill(pk packets.Packet, patience time.Duration) {
 	cl, ok := s.Clients.Get(pk.Origin)
-	if pk.FixedHeader.Retain {
-		rc := cl
-		if !ok {
-			rc = s.inlineClient
-		}
-		s.retainMessage(rc, pk)
+	if !ok {
+		cl = s.inlineClient
 	}
-	s.publishToSubscribersWait(pk, patience) // [MQTT-3.1.2-8]
-	if ok && cl.Closed() {
-		atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10]
-		s.hooks.OnWillSent(cl, pk)
-	}
+	s.sendWill(cl, pk, patience, ok && cl.Closed())
 }
 
 // Int64toa converts an int64 to a string.
