@@ -36,6 +36,22 @@ func (p *dtlsPeer) close() {
 	p.once.Do(func() { closeQuietly(p.c) })
 }
 
+// closeIfIdle closes the association after the gateway's HandshakeTimeout
+// unless a session holds it by then. It is how an association whose
+// session ended with an answer (a refusing CONNACK, the DISCONNECT) ends:
+// closing at once would send close_notify right behind that answer, and
+// the device's DTLS reader may drop a record it has decrypted but not yet
+// returned when close_notify arrives (pion's Conn.Read does), leaving the
+// device waiting for an answer it never gets. A device closes its end
+// itself, which ends the association here at once.
+func (p *dtlsPeer) closeIfIdle(g *Gateway) *time.Timer {
+	return time.AfterFunc(g.opts.HandshakeTimeout, func() {
+		if g.sessionOf(p) == nil {
+			p.close()
+		}
+	})
+}
+
 // closeQuietly closes an association that is being given up; an error
 // means it was gone already.
 func closeQuietly(c net.Conn) {
@@ -161,12 +177,7 @@ func (g *Gateway) serveDTLS(c *dtls.Conn) {
 	}
 	// An association that never gets a session is closed; one whose
 	// session ends is closed by the session.
-	idle := time.AfterFunc(g.opts.HandshakeTimeout, func() {
-		if g.sessionOf(p) == nil {
-			p.close()
-		}
-	})
-	defer idle.Stop()
+	defer p.closeIfIdle(g).Stop()
 	// A DTLS record carries at most 2^14 octets of plaintext.
 	buf := make([]byte, 1<<14+1)
 	for {

@@ -252,3 +252,32 @@ func newPKI(t *testing.T) pki {
 		client: tls.Certificate{Certificate: [][]byte{cliDER}, PrivateKey: cliKey},
 	}
 }
+
+// TestDTLSRefusedConnectKeepsAssociation: a CONNECT the broker refuses is
+// answered with a refusing CONNACK over an association that stays open,
+// so the device reads the answer (a close_notify right behind it could
+// make its DTLS reader drop it), and every CONNECT it sends again on it
+// gets its answer too.
+func TestDTLSRefusedConnectKeepsAssociation(t *testing.T) {
+	pki := newPKI(t)
+	no := false
+	a := runSN(t, func(c *app.Config) {
+		c.MQTTSN.Listen = app.Off
+		c.MQTTSN.DTLSListen = "127.0.0.1:0"
+		c.MQTTSN.CertFile, c.MQTTSN.KeyFile, c.MQTTSN.ClientCAFile = pki.serverCert, pki.serverKey, pki.caFile
+		c.Auth.AllowAnonymous = &no
+	})
+	// No client certificate: anonymous, which this node does not admit.
+	dev, err := dialDTLS(t, a, client.Options{ClientID: "anon", DTLS: &client.DTLS{RootCAs: pki.pool, ServerName: "localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := dev.Connect(ctx(t)); !errors.Is(err, client.ErrRejected) {
+			t.Fatalf("anonymous CONNECT %d: %v, want rejected", i+1, err)
+		}
+	}
+	if got := a.MQTTSN().Stats().Rejected; got != 3 {
+		t.Fatalf("rejected: %d, want 3", got)
+	}
+}

@@ -65,7 +65,9 @@ type Options struct {
 	// MaxTopics bounds the topic ids registered per device. Default 1024.
 	MaxTopics int
 	// HandshakeTimeout bounds a DTLS handshake and the idle time of a DTLS
-	// association without a session. Default 30s.
+	// association without a session: before its CONNECT, and after a
+	// refused CONNECT or a DISCONNECT unless the device closes it first.
+	// Default 30s.
 	HandshakeTimeout time.Duration
 	// Logger receives the gateway's events.
 	Logger zerolog.Logger

@@ -348,7 +348,12 @@ func (s *session) endLocked(kind endKind) {
 	s.queue, s.out = nil, nil
 	s.g.forget(s)
 	if dp, ok := s.peer.(*dtlsPeer); ok && kind != endReplaced && s.g.sessionOf(dp) == nil {
-		dp.close()
+		switch kind {
+		case endRefused, endDisconnect:
+			dp.closeIfIdle(s.g) // the device must read our answer first
+		default:
+			dp.close()
+		}
 	}
 	s.g.log.Debug().Str("client", s.clientID).Int("reason", int(kind)).Msg("mqtt-sn session ended")
 }
