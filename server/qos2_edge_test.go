@@ -285,3 +285,52 @@ func TestRefusedQoS2PublishGetsAPubrec(t *testing.T) {
 	}
 	rawPublish(t, sr, "p", false)
 }
+
+// TestRestartResendsPubrel: a QoS 2 message the subscriber has PUBRECed is
+// resent after a restart as the PUBREL it was waiting for, not as the
+// PUBLISH again (MQTT 4.4: what is resent is the unacknowledged PUBLISH
+// and PUBREL packets). Upstream told storage nothing of the PUBREL, so a
+// restart loaded the PUBLISH: a client that had already delivered it and
+// forgotten its id (after its own restart) delivered it twice.
+func TestRestartResendsPubrel(t *testing.T) {
+	cfg := apptest.Config(t)
+	cfg.Store.Durability = "sync"
+	a := apptest.Run(t, cfg)
+	c, r := apptest.RawClient(t, a.Addr("mqtt"), "rel-sub", 4, false, false, 0)
+	rawSubscribe(t, c, r, 4, "rel/t", 2)
+	pub := apptest.V3(t, apptest.URL(a), "rel-pub")
+	apptest.Done(t, pub.Publish("rel/t", 2, false, "once"))
+	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+		t.Fatal(err)
+	}
+	typ, body, err := apptest.ReadRawPacket(r, nil)
+	if err != nil || typ != 0x34 || string(body[9:]) != "once" {
+		t.Fatalf("want PUBLISH qos 2 \"once\", got %x %q: %v", typ, body, err)
+	}
+	id := [2]byte{body[7], body[8]}
+	apptest.RawExchange(t, c, r, apptest.RawStep{
+		Send: []byte{0x50, 2, id[0], id[1]}, // PUBREC
+		Want: []byte{0x62, 2, id[0], id[1]}, // PUBREL; no PUBCOMP comes
+	})
+	c.Close()
+	pub.Disconnect(50)
+	apptest.Stop(t, a)
+
+	a = apptest.Run(t, cfg)
+	c, r = apptest.RawClient(t, a.Addr("mqtt"), "rel-sub", 4, false, true, 0)
+	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+		t.Fatal(err)
+	}
+	if typ, body, err := apptest.ReadRawPacket(r, nil); err != nil || typ != 0x62 || string(body) != string(id[:]) {
+		t.Fatalf("after the restart: want PUBREL %x, got %x %x: %v", id, typ, body, err)
+	}
+	rawSend(t, c, 0x70, 2, id[0], id[1]) // PUBCOMP ends the flow
+	apptest.RawExchange(t, c, r, apptest.RawStep{Send: []byte{0xc0, 0}, Want: []byte{0xd0, 0}})
+	c.Close()
+	apptest.Stop(t, a)
+
+	// Nor is anything resent after the next restart.
+	a = apptest.Run(t, cfg)
+	c, r = apptest.RawClient(t, a.Addr("mqtt"), "rel-sub", 4, false, true, 0)
+	apptest.RawExchange(t, c, r, apptest.RawStep{Send: []byte{0xc0, 0}, Want: []byte{0xd0, 0}})
+}

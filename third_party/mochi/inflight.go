@@ -216,7 +216,25 @@ func (i *Inflight) setLive(m *packets.Packet) (added, sealed bool, next *Client)
 	return i.setLocked(m), false, nil
 }
 
-// recorded ends a recording that setLive or setInboundLive started: the
+// promote replaces the message in flight under ack's packet id with ack,
+// the PUBREL answering its PUBREC, in its place. It reports false when the
+// id is not in flight (any more) or a take-over sealed the set; on true a
+// recording is under way until the caller's recorded. COLONY PATCH P40.
+func (i *Inflight) promote(ack *packets.Packet) bool {
+	i.Lock()
+	defer i.Unlock()
+	if i.sealed {
+		return false
+	}
+	if _, ok := i.internal[ack.PacketID]; !ok {
+		return false
+	}
+	i.setLocked(ack)
+	i.recording.Add(1)
+	return true
+}
+
+// recorded ends a recording that setLive, setInboundLive or promote started: the
 // hooks have been told of the message (or id). COLONY PATCH P36.
 func (i *Inflight) recorded() {
 	i.recording.Add(-1) // started under the lock that sealing takes, so none starts after the seal

@@ -1772,7 +1772,17 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 
 	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
 	cl.State.Inflight.DecreaseReceiveQuota()                                              // -1 RECV QUOTA
-	cl.State.Inflight.Set(ack)                                                            // [MQTT-4.3.3-5]
+	// COLONY PATCH P40: the PUBREL takes the PUBLISH's place (upstream: Set
+	// after the Get, so a take-over in between left it in the sealed set)
+	// and storage hears of it before it goes out (in sync mode committed).
+	// Upstream told storage nothing, so a restart resent the PUBLISH the
+	// client had already received, and a client that had released the id
+	// (it got the PUBREL and sent its PUBCOMP) delivered it twice.
+	if !cl.State.Inflight.promote(&ack) { // [MQTT-4.3.3-5]
+		return nil // taken over meanwhile: the new connection resends the PUBLISH
+	}
+	s.hooks.OnQosPublish(cl, ack, time.Now().Unix(), 0)
+	cl.State.Inflight.recorded()
 	return cl.WritePacket(ack)
 }
 
