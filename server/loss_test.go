@@ -451,3 +451,53 @@ func TestSharedGroupPrefersConnectedMembers(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowSteadySubscriberKeepsItsConnection: eight publishers share a
+// subscriber's one-message in-flight window (Limits.MaxInflight 1), and the
+// subscriber acknowledges each message after 30 ms, well within
+// slow_client_timeout. It is slow, not stalled: it must get every message
+// and keep its connection. Each waiting publisher watched the window's
+// length for a change, which another publisher's message hid when it took
+// the freed slot first, so a publisher that kept losing that race saw no
+// progress for slow_client_timeout and disconnected the subscriber.
+func TestSlowSteadySubscriberKeepsItsConnection(t *testing.T) {
+	cfg := apptest.Config(t)
+	cfg.Limits.MaxInflight = 1
+	cfg.Limits.SlowClientTimeout = app.Duration(400 * time.Millisecond)
+	a := apptest.Run(t, cfg)
+	c, r := apptest.RawClient(t, a.Addr("mqtt"), "ss-sub", 4, true, false, 0)
+	rawSubscribe(t, c, r, 4, "ss/t", 1)
+	const pubs, each = 8, 6
+	errs := make(chan error, pubs)
+	for p := range pubs {
+		pub := apptest.V3(t, apptest.URL(a), fmt.Sprintf("ss-pub-%d", p))
+		go func() {
+			for i := range each {
+				tok := pub.Publish("ss/t", 1, false, fmt.Sprintf("%d-%d", p, i))
+				if !tok.WaitTimeout(apptest.Wait) || tok.Error() != nil {
+					errs <- fmt.Errorf("publisher %d message %d: %v", p, i, tok.Error())
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	got := map[string]bool{}
+	for len(got) < pubs*each {
+		if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+			t.Fatal(err)
+		}
+		typ, body, err := apptest.ReadRawPacket(r, nil)
+		if err != nil || typ&0xf6 != 0x32 {
+			t.Fatalf("after %d messages: want a QoS 1 PUBLISH, got %x %q: %v", len(got), typ, body, err)
+		}
+		got[string(body[8:])] = true
+		time.Sleep(30 * time.Millisecond)
+		rawSend(t, c, 0x40, 2, body[6], body[7])
+	}
+	for range pubs {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

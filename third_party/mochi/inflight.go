@@ -65,6 +65,12 @@ type Inflight struct {
 	// the delivering goroutine wrote it; the record outlived the flow and a
 	// restart delivered the message again (QoS 2: twice).
 	recording atomic.Int32
+
+	// COLONY PATCH P41: messages that left the set (acknowledged, dropped,
+	// expired), which a publisher waiting for room watches (waitInflight):
+	// the set's length hid a slot freed and taken at once by another
+	// publisher.
+	freed atomic.Uint64
 }
 
 // heldMessage identifies a held message: the sequence tells a packet id
@@ -541,7 +547,9 @@ func (i *Inflight) Delete(id uint16) bool {
 	_, ok := i.internal[id]
 	delete(i.internal, id)
 	delete(i.order, id) // COLONY PATCH P11
-
+	if ok {
+		i.freed.Add(1) // COLONY PATCH P41
+	}
 	return ok
 }
 

@@ -1667,8 +1667,9 @@ func (s *Server) waitInflight(cl *Client, patience time.Duration) bool {
 	}
 	deadline := time.Now().Add(patience)
 	pause := 100 * time.Microsecond
-	last := cl.State.Inflight.Len()
-	for n := last; n >= int(s.Options.Capabilities.MaximumInflight); n = cl.State.Inflight.Len() {
+	inflight := cl.State.Inflight
+	last := inflight.freed.Load()
+	for inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
 		if cl.Closed() {
 			// Gone while we waited: its session queue decides now (P9).
 			return cl.State.Inflight.Len() < s.inflightLimit(cl)
@@ -1677,10 +1678,12 @@ func (s *Server) waitInflight(cl *Client, patience time.Duration) bool {
 		// however long its backlog (a resumed session's can be as long
 		// as the session queue, beyond the window): patience runs from
 		// its last acknowledgement (P29 disconnected it after patience).
-		if n < last {
-			deadline = time.Now().Add(patience)
+		// COLONY PATCH P41: counted, not seen in the set's length, which
+		// another waiting publisher's message may have filled again
+		// between two looks.
+		if n := inflight.freed.Load(); n != last {
+			deadline, last = time.Now().Add(patience), n
 		}
-		last = n
 		if time.Now().After(deadline) {
 			return false
 		}
