@@ -452,22 +452,23 @@ func TestSharedGroupPrefersConnectedMembers(t *testing.T) {
 	}
 }
 
-// TestSlowSteadySubscriberKeepsItsConnection: eight publishers share a
+// TestSlowSteadySubscriberKeepsItsConnection: 48 publishers share a
 // subscriber's one-message in-flight window (Limits.MaxInflight 1), and the
 // subscriber acknowledges each message after 30 ms, well within
-// slow_client_timeout. It is slow, not stalled: it must get every message
-// and keep its connection. Each waiting publisher watched the window's
-// length for a change, which another publisher's message hid when it took
-// the freed slot first, so a publisher that kept losing that race saw no
-// progress for slow_client_timeout and disconnected the subscriber.
+// slow_client_timeout (1.5 s). It is slow, not stalled: it must get every
+// message and keep its connection. Each waiting publisher watched the
+// window's length for a change, which the publisher that took the freed
+// slot first hid from the others, so a publisher waiting its turn behind
+// the others for longer than slow_client_timeout (about 48 × 30 ms)
+// disconnected the subscriber.
 func TestSlowSteadySubscriberKeepsItsConnection(t *testing.T) {
 	cfg := apptest.Config(t)
 	cfg.Limits.MaxInflight = 1
-	cfg.Limits.SlowClientTimeout = app.Duration(400 * time.Millisecond)
+	cfg.Limits.SlowClientTimeout = app.Duration(1500 * time.Millisecond)
 	a := apptest.Run(t, cfg)
 	c, r := apptest.RawClient(t, a.Addr("mqtt"), "ss-sub", 4, true, false, 0)
 	rawSubscribe(t, c, r, 4, "ss/t", 1)
-	const pubs, each = 8, 6
+	const pubs, each = 48, 2
 	errs := make(chan error, pubs)
 	for p := range pubs {
 		pub := apptest.V3(t, apptest.URL(a), fmt.Sprintf("ss-pub-%d", p))
