@@ -145,6 +145,11 @@ func (g *Gateway) acceptDTLS() {
 // serveDTLS runs one association: the handshake, then its datagrams.
 func (g *Gateway) serveDTLS(c *dtls.Conn) {
 	defer g.wg.Done()
+	if !g.trackAssoc(c, true) {
+		closeQuietly(c) // the gateway is closing
+		return
+	}
+	defer g.trackAssoc(c, false)
 	ctx, cancel := context.WithTimeout(context.Background(), g.opts.HandshakeTimeout)
 	err := c.HandshakeContext(ctx)
 	cancel()
@@ -188,4 +193,23 @@ func (g *Gateway) serveDTLS(c *dtls.Conn) {
 		}
 		g.handle(p, buf[:n])
 	}
+}
+
+// trackAssoc adds c to the associations Close closes (add) or removes it;
+// it reports false when the gateway is closed already.
+func (g *Gateway) trackAssoc(c net.Conn, add bool) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !add {
+		delete(g.assocs, c)
+		return true
+	}
+	if g.closed {
+		return false
+	}
+	if g.assocs == nil {
+		g.assocs = map[net.Conn]struct{}{}
+	}
+	g.assocs[c] = struct{}{}
+	return true
 }

@@ -257,7 +257,9 @@ func newPKI(t *testing.T) pki {
 // answered with a refusing CONNACK over an association that stays open,
 // so the device reads the answer (a close_notify right behind it could
 // make its DTLS reader drop it), and every CONNECT it sends again on it
-// gets its answer too.
+// gets its answer too. Stopping the node closes such an association: the
+// DTLS listener's close leaves accepted ones open, and the gateway used
+// to wait for them until handshake_timeout.
 func TestDTLSRefusedConnectKeepsAssociation(t *testing.T) {
 	pki := newPKI(t)
 	no := false
@@ -265,6 +267,7 @@ func TestDTLSRefusedConnectKeepsAssociation(t *testing.T) {
 		c.MQTTSN.Listen = app.Off
 		c.MQTTSN.DTLSListen = "127.0.0.1:0"
 		c.MQTTSN.CertFile, c.MQTTSN.KeyFile, c.MQTTSN.ClientCAFile = pki.serverCert, pki.serverKey, pki.caFile
+		c.MQTTSN.HandshakeTimeout = app.Duration(10 * time.Minute)
 		c.Auth.AllowAnonymous = &no
 	})
 	// No client certificate: anonymous, which this node does not admit.
@@ -279,5 +282,13 @@ func TestDTLSRefusedConnectKeepsAssociation(t *testing.T) {
 	}
 	if got := a.MQTTSN().Stats().Rejected; got != 3 {
 		t.Fatalf("rejected: %d, want 3", got)
+	}
+	// The association is still open (the device did not close it, and
+	// handshake_timeout is far off): stopping the node closes it, rather
+	// than waiting for it.
+	stop, cancel := context.WithTimeout(context.Background(), apptest.Wait)
+	defer cancel()
+	if err := a.Stop(stop); err != nil {
+		t.Fatalf("stop with a refused device's association open: %v", err)
 	}
 }

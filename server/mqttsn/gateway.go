@@ -7,8 +7,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,8 +46,9 @@ type Gateway struct {
 	mu     sync.Mutex // a leaf lock: nothing else is locked while it is held
 	byPeer map[string]*session
 	byID   map[string]*session
-	anon   map[string]*session // listener -> publisher of QoS -1 messages from devices without a session
-	warned map[string]struct{} // peers already logged for a malformed datagram
+	anon   map[string]*session   // listener -> publisher of QoS -1 messages from devices without a session
+	warned map[string]struct{}   // peers already logged for a malformed datagram
+	assocs map[net.Conn]struct{} // DTLS associations being served, closed by Close
 	closed bool
 
 	closing chan struct{}
@@ -191,6 +194,15 @@ func (g *Gateway) Close(ctx context.Context) error {
 		s.end(endShutdown)
 	}
 	g.closeSockets()
+	// Accepted associations outlive the DTLS listener; those without a
+	// session (not connected yet, refused, disconnected) would otherwise
+	// keep their goroutine until handshake_timeout.
+	g.mu.Lock()
+	assocs := slices.Collect(maps.Keys(g.assocs))
+	g.mu.Unlock()
+	for _, c := range assocs {
+		closeQuietly(c)
+	}
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
 	select {
