@@ -137,8 +137,10 @@
 //	          and correlation_id ask it to hand the session over.
 //	session   the answer, sent to the asker's queue through the default
 //	          exchange with the correlation_id: the session as JSON (client,
-//	          subscriptions, inflight: the records the store keeps), or an
-//	          empty body when the node had none to give.
+//	          subscriptions, inflight: the records the store keeps; unsent:
+//	          the packet ids of the inflight messages never sent to the
+//	          client, which go out without DUP), or an empty body when the
+//	          node had none to give.
 //
 // When a client connects (after authentication, before the engine looks
 // for its session) to a node that does not hold its session, the node

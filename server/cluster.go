@@ -93,6 +93,11 @@ type SessionState struct {
 	Client        storage.Client         `json:"client"`
 	Subscriptions []storage.Subscription `json:"subscriptions"`
 	Inflight      []storage.Message      `json:"inflight"`
+	// Unsent are the packet ids of the Inflight messages never sent to
+	// the client (held for its Receive Maximum, or queued while it was
+	// away): they go out without DUP. A node that does not send it (an
+	// older one) has every message resent as DUP, as before.
+	Unsent []uint16 `json:"unsent,omitempty"`
 }
 
 // HasSession reports whether the engine holds a session for the client id
@@ -138,14 +143,14 @@ func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool)
 	if cur, ok := s.mq.Clients.Get(clientID); !ok || cur != cl {
 		return nil, nil // a newer local connection took it meanwhile
 	}
-	rec, subs, msgs, ok := s.mq.ReleaseSession(cl)
+	rec, subs, msgs, unsent, ok := s.mq.ReleaseSession(cl)
 	if !ok {
 		return nil, nil // it expired, or a newer local connection took it, meanwhile
 	}
 	if !keep {
 		return nil, nil
 	}
-	return &SessionState{Client: rec, Subscriptions: subs, Inflight: msgs}, nil
+	return &SessionState{Client: rec, Subscriptions: subs, Inflight: msgs, Unsent: unsent}, nil
 }
 
 // AdoptSession installs a session another node released, for the client
@@ -156,7 +161,7 @@ func (s *Server) AdoptSession(st *SessionState) {
 	if st == nil || st.Client.ID == "" || s.HasSession(st.Client.ID) {
 		return
 	}
-	s.mq.AdoptSession(st.Client, st.Subscriptions, st.Inflight)
+	s.mq.AdoptSession(st.Client, st.Subscriptions, st.Inflight, st.Unsent)
 }
 
 // Sessions calls fn for every client session the engine holds, connected

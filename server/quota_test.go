@@ -12,6 +12,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/colonymq/colony/app/apptest"
+	"github.com/colonymq/colony/server"
 )
 
 // TestSmallReceiveMaximumGetsEverything: an MQTT 5 subscriber that accepts
@@ -317,5 +318,47 @@ func TestResendComesBeforeNewDeliveries(t *testing.T) {
 			t.Fatalf("reconnect %d: first PUBLISH is %q (dup %v), want the unacknowledged %q resent (DUP)", i, got, dup, first)
 		}
 		c.Close()
+	}
+}
+
+// TestQueuedWhileAwayIsNotDup: a persistent MQTT 5 session gets "0" and
+// leaves without acknowledging it; "1" and "2" are queued while it is
+// away. Back, "0" is resent with DUP [MQTT-3.3.1-1], and "1" and "2" go
+// out for the first time, without it. The session's queue knew only the
+// messages held for a Receive Maximum as never sent, so those queued for
+// a client away came back as DUP, with a Receive Maximum (whose quota the
+// offline delivery took) or without one.
+func TestQueuedWhileAwayIsNotDup(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		props []byte
+	}{
+		{"no receive maximum", []byte{0x11, 0, 0, 0x0e, 0x10}},          // session expiry 3600 s
+		{"receive maximum", []byte{0x11, 0, 0, 0x0e, 0x10, 0x21, 0, 4}}, // and Receive Maximum 4
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := hookedServer(t, server.Limits{})
+			addr := srv.Addr(server.ListenerMQTT)
+			c, r := rawSubscriber(t, addr, "qa", tc.props, "qa/t", 1)
+			pub := apptest.V3(t, "tcp://"+addr, "qa-pub")
+			apptest.Done(t, pub.Publish("qa/t", 1, false, "0"))
+			rawPublish(t, r, "0", false)
+			c.Close()
+			apptest.Eventually(t, func() error {
+				if srv.Stats().Info.ClientsConnected != 1 { // the publisher
+					return fmt.Errorf("%d clients connected", srv.Stats().Info.ClientsConnected)
+				}
+				return nil
+			})
+			apptest.Done(t, pub.Publish("qa/t", 1, false, "1"))
+			apptest.Done(t, pub.Publish("qa/t", 1, false, "2"))
+
+			c, r = apptest.RawClientWith(t, addr, "qa", 5, false, true, tc.props)
+			ids := [][2]byte{rawPublish(t, r, "0", true), rawPublish(t, r, "1", false), rawPublish(t, r, "2", false)}
+			for _, id := range ids {
+				rawSend(t, c, 0x40, 2, id[0], id[1])
+			}
+			apptest.RawExchange(t, c, r, apptest.RawStep{Send: []byte{0xc0, 0}, Want: []byte{0xd0, 0}}) // nothing more
+		})
 	}
 }

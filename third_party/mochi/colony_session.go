@@ -23,13 +23,17 @@ import (
 // subscriptions are removed first, so no message is routed to the session
 // after its in-flight set is read.
 //
+// unsent lists, in order, the packet ids of the messages never sent to
+// the client (held for its Receive Maximum, or queued while it was away),
+// which the adopting node is to send without DUP (COLONY PATCH P42).
+//
 // ok is false, and nothing is released, when the session expired or was
 // taken over by a connection here first (COLONY PATCH P35).
-func (s *Server) ReleaseSession(cl *Client) (rec storage.Client, subRecs []storage.Subscription, msgs []storage.Message, ok bool) {
+func (s *Server) ReleaseSession(cl *Client) (rec storage.Client, subRecs []storage.Subscription, msgs []storage.Message, unsent []uint16, ok bool) {
 	cl.State.endMu.Lock()
 	defer cl.State.endMu.Unlock()
 	if !cl.State.claimed.CompareAndSwap(false, true) {
-		return rec, nil, nil, false
+		return rec, nil, nil, nil, false
 	}
 	subs := cl.State.Subscriptions.GetAll()
 	s.UnsubscribeClient(cl)
@@ -45,6 +49,7 @@ func (s *Server) ReleaseSession(cl *Client) (rec storage.Client, subRecs []stora
 	}
 	cl.State.Inflight.moveTo(nil)
 	inflight := cl.State.Inflight.GetAll(false)
+	unsent = cl.State.Inflight.unsentIDs()               // COLONY PATCH P42: the seal keeps the holds
 	for id, at := range cl.State.Inflight.inboundAll() { // COLONY PATCH P25: the client's own QoS 2 publishes
 		inflight = append(inflight, inboundState(id, at))
 	}
@@ -113,15 +118,17 @@ func (s *Server) ReleaseSession(cl *Client) (rec storage.Client, subRecs []stora
 			},
 		})
 	}
-	return rec, subRecs, msgs, true
+	return rec, subRecs, msgs, unsent, true
 }
 
 // AdoptSession installs a session another node released as a disconnected
 // client, as if restored from storage, so that the connection about to
 // attach with its id inherits it (session present). Hooks are told of its
 // subscriptions (OnSubscribed) and in-flight messages (OnQosPublish) so
-// that storage keeps them here from now on.
-func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msgs []storage.Message) {
+// that storage keeps them here from now on. unsent are the packet ids of
+// the messages never sent to the client (ReleaseSession), which go out
+// without DUP (COLONY PATCH P42); nil treats every message as sent.
+func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msgs []storage.Message, unsent []uint16) {
 	cl := s.NewClient(nil, c.Listener, c.ID, false)
 	cl.Properties.Username = c.Username
 	cl.Properties.Clean = c.Clean
@@ -184,5 +191,10 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 		// the session here took lower ids than the moved ones, and a
 		// restart (loadInflight) resent them first.
 		atomic.StoreUint32(&cl.State.packetID, uint32(mp.PacketID))
+	}
+	// COLONY PATCH P42: without this, the new connection's resend marked
+	// every moved message DUP, the ones the client never got included.
+	for _, id := range unsent {
+		cl.State.Inflight.holdUnsent(id, nil)
 	}
 }

@@ -6,6 +6,7 @@ package mqtt
 
 import (
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -527,6 +528,52 @@ func (i *Inflight) resendPlan(drop func(*packets.Packet) bool) (out, dropped []p
 func (i *Inflight) isHeld(h heldMessage) bool {
 	_, ok := i.internal[h.id]
 	return ok && i.order[h.id] == h.seq
+}
+
+// holdUnsent records the message in flight under id as never sent: its
+// delivery found the client gone (disconnected, or stalled and being
+// disconnected), so a later connection's resend must not mark it DUP
+// [MQTT-3.3.1-1] (resendPlan sends held messages without it). pk, when
+// not nil, is the delivery's packet: a message that has replaced it under
+// the id since is left alone. Nothing is recorded once a take-over sealed
+// the set (the message moved with a resend boundary already drawn; it
+// goes out as DUP). COLONY PATCH P42: upstream (and P26) knew only
+// messages held for the Receive Maximum as unsent, so messages queued for
+// a session while its client was away came back with DUP set.
+func (i *Inflight) holdUnsent(id uint16, pk *packets.Packet) {
+	i.Lock()
+	defer i.Unlock()
+	cur, ok := i.internal[id]
+	if i.sealed || !ok || (pk != nil && cur != pk) {
+		return
+	}
+	for len(i.held) > 0 && !i.isHeld(i.held[0]) {
+		i.popHeld() // acknowledged or expired: a session away long does not pile them up
+	}
+	h := heldMessage{id: id, seq: i.order[id]}
+	k := len(i.held)
+	for ; k > 0 && i.held[k-1].seq >= h.seq; k-- {
+		if i.held[k-1] == h {
+			return // held already
+		}
+	}
+	i.held = slices.Insert(i.held, k, h) // in the order the messages are to go out
+	i.nheld.Store(int32(len(i.held)))
+}
+
+// unsentIDs returns the packet ids of the messages in flight that were
+// never sent (held), in order, for a session leaving for another node.
+// COLONY PATCH P42.
+func (i *Inflight) unsentIDs() []uint16 {
+	i.RLock()
+	defer i.RUnlock()
+	var ids []uint16
+	for _, h := range i.held {
+		if i.isHeld(h) {
+			ids = append(ids, h.id)
+		}
+	}
+	return ids
 }
 
 // popHeld drops the first hold. The lock is held.

@@ -925,9 +925,15 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 // lets through. They stay in flight: acknowledged, they free the quota
 // again; not, they are resent on reconnect. COLONY PATCH P26.
 func (s *Server) sendHeld(cl *Client) {
-	for _, pk := range cl.State.Inflight.releaseHeld(nil) {
+	pks := cl.State.Inflight.releaseHeld(nil)
+	for k, pk := range pks {
 		if err := s.enqueue(cl, outItem{pk: pk}, pk.FixedHeader.Qos, pk, s.Options.Capabilities.SlowClientPatience, false); err != nil {
-			return // disconnected or stalled: the session keeps them in flight
+			// disconnected or stalled: the session keeps them in flight,
+			// never sent (COLONY PATCH P42: so not resent as DUP)
+			for _, pk := range pks[k:] {
+				cl.State.Inflight.holdUnsent(pk.PacketID, pk)
+			}
+			return
 		}
 	}
 }
@@ -1580,6 +1586,14 @@ func (s *Server) deliverTo(cl *Client, sub packets.Subscription, pk *packets.Pac
 		if !set.admit(out.PacketID) {
 			return nil
 		}
+		err = s.enqueue(cl, outItem{pk: &out}, out.FixedHeader.Qos, pk, patience, direct)
+		if err != nil {
+			// COLONY PATCH P42: the client is gone (or stalled and being
+			// disconnected) and the message stays in flight, never sent:
+			// its first sending, on a later connection, is not a DUP.
+			set.holdUnsent(out.PacketID, &out)
+		}
+		return err
 	}
 
 	return s.enqueue(cl, outItem{pk: &out}, out.FixedHeader.Qos, pk, patience, direct)
