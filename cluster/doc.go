@@ -151,7 +151,9 @@
 // is routed to it, then the queued messages) and sends it; the new node
 // installs it as if restored from its store, binds its filters, and only
 // then answers CONNACK with session present, then resends the queued
-// messages in order. The connecting client waits at most
+// messages in order. An MQTT 5 will waiting for its Will Delay Interval
+// moves with the session, and the resuming connection cancels it; after a
+// clean start the old node publishes it at once, as the session ended. The connecting client waits at most
 // Options.TakeoverWait for the answer. Messages published on a third
 // node between the old node's unbinding and the new node's binding (a
 // few milliseconds) miss the session, and a client that reconnects

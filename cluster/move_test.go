@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
@@ -125,4 +126,98 @@ func TestMovedSessionSendsUnsentWithoutDup(t *testing.T) {
 			routes(t, a, 1)
 		})
 	}
+}
+
+// willConnect5 connects a raw MQTT 5 client id with a QoS 1 will on topic
+// (payload) delayed by delay seconds, session expiry an hour, clean start
+// or not; it checks the CONNACK's session present flag.
+func willConnect5(t *testing.T, addr, id string, clean, present bool, delay uint32, topic, payload string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+		t.Fatal(err)
+	}
+	flags := byte(0x04 | 1<<3) // will, QoS 1
+	if clean {
+		flags |= 0x02
+	}
+	body := []byte{0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, 5, 0x11, 0, 0, 0x0e, 0x10}
+	body = append(append(body, 0, byte(len(id))), id...)
+	body = append(body, 5, 0x18, byte(delay>>24), byte(delay>>16), byte(delay>>8), byte(delay))
+	body = append(append(body, 0, byte(len(topic))), topic...)
+	body = append(append(body, 0, byte(len(payload))), payload...)
+	if _, err := c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
+		t.Fatal(err)
+	}
+	want := byte(0)
+	if present {
+		want = 1
+	}
+	typ, ack, err := apptest.ReadRawPacket(bufio.NewReader(c), nil)
+	if err != nil || typ != 0x20 || len(ack) < 2 || ack[0] != want || ack[1] != 0 {
+		t.Fatalf("connack %x %x: %v (want session present %d)", typ, ack, err, want)
+	}
+	return c
+}
+
+// TestDelayedWillAcrossNodes: a client's connection to node a drops with
+// a will delayed by its Will Delay Interval (MQTT 5), and the client
+// connects to node b within the delay. Resuming its session there (clean
+// start 0) cancels the will [MQTT-3.1.3-9]; starting afresh (clean start
+// 1) ends the old session, so the will goes out at once [MQTT-3.1.2-8],
+// once. Node a kept the pending will when the session moved: it published
+// it when its delay passed although the session was resumed, and after a
+// clean start only then (an hour later here) and only to a's own
+// subscribers, as the session's client, released, was no longer found.
+func TestDelayedWillAcrossNodes(t *testing.T) {
+	c := newCluster(t)
+	a, b := c.node("a"), c.node("b")
+	pub, _ := client(t, a, "will-pub")
+	// watchers subscribes a client on each node to the subtest's wills.
+	watchers := func(t *testing.T, topic string) (onA, onB *inbox) {
+		t.Helper()
+		_, onA = client(t, a, "watch-a-"+topic[len("will/"):], topic)
+		_, onB = client(t, b, "watch-b-"+topic[len("will/"):], topic)
+		publish(t, pub, topic, 1, false, "ready") // b's subscription reaches a
+		expect(t, onA, topic, "ready")
+		expect(t, onB, topic, "ready")
+		return onA, onB
+	}
+
+	t.Run("resumed", func(t *testing.T) {
+		onA, onB := watchers(t, "will/r")
+		gone := leaving(t, a, "wr")
+		willConnect5(t, a.Addr("mqtt"), "wr", true, false, 1, "will/r", "bye").Close()
+		apptest.Next(t, gone)
+		routes(t, a, 3) // will-pub, watch-a-r, wr: b's takeover finds the session
+		willConnect5(t, b.Addr("mqtt"), "wr", false, true, 3600, "will/r2", "later")
+		if a.Server().HasSession("wr") {
+			t.Fatal("node a still holds the session")
+		}
+		// The old will's delay (1 s) passes twice over; then a marker
+		// shows what came before it.
+		time.Sleep(2500 * time.Millisecond)
+		publish(t, pub, "will/r", 1, false, "marker")
+		expect(t, onA, "will/r", "marker")
+		expect(t, onB, "will/r", "marker")
+		routes(t, a, 2)
+	})
+
+	t.Run("clean start", func(t *testing.T) {
+		onA, onB := watchers(t, "will/e")
+		gone := leaving(t, a, "we")
+		willConnect5(t, a.Addr("mqtt"), "we", true, false, 3600, "will/e", "bye").Close()
+		apptest.Next(t, gone)
+		routes(t, a, 3) // will-pub, watch-a-e (watch-a-r left with its subtest), we
+		willConnect5(t, b.Addr("mqtt"), "we", true, false, 3600, "will/e2", "later")
+		expect(t, onA, "will/e", "bye")
+		expect(t, onB, "will/e", "bye")
+		publish(t, pub, "will/e", 1, false, "marker") // after the will: only one came
+		expect(t, onA, "will/e", "marker")
+		expect(t, onB, "will/e", "marker")
+	})
 }

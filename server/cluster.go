@@ -111,7 +111,9 @@ func (s *Server) HasSession(clientID string) bool {
 // another node: a connection here is closed (MQTT 5 reason 0x8E, session
 // taken over) and, once the engine has finished with it, the session is
 // removed from this node (store included). With keep it is returned, for
-// the other node to adopt; nil when this node has no session for the id.
+// the other node to adopt (a will waiting for its delay goes with it);
+// nil when this node has no session for the id. Without keep the client
+// started afresh there, which ends the session: such a will goes out now.
 // ctx bounds the wait for the old connection to end.
 func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool) (*SessionState, error) {
 	cl, ok := s.mq.Clients.Get(clientID)
@@ -143,7 +145,7 @@ func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool)
 	if cur, ok := s.mq.Clients.Get(clientID); !ok || cur != cl {
 		return nil, nil // a newer local connection took it meanwhile
 	}
-	rec, subs, msgs, unsent, ok := s.mq.ReleaseSession(cl)
+	rec, subs, msgs, unsent, ok := s.mq.ReleaseSession(cl, keep)
 	if !ok {
 		return nil, nil // it expired, or a newer local connection took it, meanwhile
 	}

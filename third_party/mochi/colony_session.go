@@ -27,14 +27,41 @@ import (
 // the client (held for its Receive Maximum, or queued while it was away),
 // which the adopting node is to send without DUP (COLONY PATCH P42).
 //
+// resumed says whether the client resumes the session on the other node
+// (clean start 0) or starts afresh there, which ends the session. A will
+// waiting for its delay is dropped here in the first case (it moves with
+// the client record, and the resuming connection cancels it
+// [MQTT-3.1.3-9]) and published now in the second [MQTT-3.1.2-8]
+// (COLONY PATCH P43: it stayed scheduled here, and was published when its
+// delay passed, session resumed or not, and then only to this node's
+// subscribers: its client, released, was no longer found, so the hooks
+// that federate a will never heard of it).
+//
 // ok is false, and nothing is released, when the session expired or was
 // taken over by a connection here first (COLONY PATCH P35).
-func (s *Server) ReleaseSession(cl *Client) (rec storage.Client, subRecs []storage.Subscription, msgs []storage.Message, unsent []uint16, ok bool) {
+func (s *Server) ReleaseSession(cl *Client, resumed bool) (rec storage.Client, subRecs []storage.Subscription, msgs []storage.Message, unsent []uint16, ok bool) {
+	var will packets.Packet
+	var due bool
+	defer func() { // COLONY PATCH P43: published once the session is gone, outside its lock
+		if due {
+			s.sendWill(cl, will, s.Options.Capabilities.SlowClientPatience, true)
+		}
+	}()
 	cl.State.endMu.Lock()
 	defer cl.State.endMu.Unlock()
 	if !cl.State.claimed.CompareAndSwap(false, true) {
 		return rec, nil, nil, nil, false
 	}
+	// COLONY PATCH P43: decided under the lock that scheduling takes, so a
+	// connection ending only now (sendLWT) follows the decision too.
+	cl.State.willMu.Lock()
+	cl.State.willFate = willResumed
+	if !resumed {
+		cl.State.willFate = willEnded
+	}
+	will, due = s.loop.willDelayed.TakeIf(cl.ID, nil)
+	cl.State.willMu.Unlock()
+	due = due && !resumed
 	subs := cl.State.Subscriptions.GetAll()
 	s.UnsubscribeClient(cl)
 	// COLONY PATCH P34: a publisher that found the session before it was
@@ -56,6 +83,9 @@ func (s *Server) ReleaseSession(cl *Client) (rec storage.Client, subRecs []stora
 	cl.ClearInflights()
 	s.Clients.Delete(cl.ID)
 	s.hooks.OnClientExpired(cl)
+	// COLONY PATCH P43: taken over, by the other node: the will's hooks
+	// (sent below when the session ended) do not store it again here.
+	cl.State.isTakenOver.Store(true)
 
 	rec = storage.Client{
 		ID:              cl.ID,
@@ -196,5 +226,12 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 	// every moved message DUP, the ones the client never got included.
 	for _, id := range unsent {
 		cl.State.Inflight.holdUnsent(id, nil)
+	}
+	// COLONY PATCH P43: a will still waiting for its delay (the releasing
+	// node dropped it) waits here, as after a restore from storage
+	// (loadClients): the connection about to resume the session cancels
+	// it [MQTT-3.1.3-9]; should it never come, the will goes out.
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 && cl.Properties.Will.WillDelayInterval > 0 {
+		s.loop.willDelayed.Add(cl.ID, s.willPacket(cl, cl.Properties.Will))
 	}
 }
