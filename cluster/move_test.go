@@ -133,34 +133,7 @@ func TestMovedSessionSendsUnsentWithoutDup(t *testing.T) {
 // or not; it checks the CONNACK's session present flag.
 func willConnect5(t *testing.T, addr, id string, clean, present bool, delay uint32, topic, payload string) net.Conn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
-		t.Fatal(err)
-	}
-	flags := byte(0x04 | 1<<3) // will, QoS 1
-	if clean {
-		flags |= 0x02
-	}
-	body := []byte{0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, 5, 0x11, 0, 0, 0x0e, 0x10}
-	body = append(append(body, 0, byte(len(id))), id...)
-	body = append(body, 5, 0x18, byte(delay>>24), byte(delay>>16), byte(delay>>8), byte(delay))
-	body = append(append(body, 0, byte(len(topic))), topic...)
-	body = append(append(body, 0, byte(len(payload))), payload...)
-	if _, err := c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
-		t.Fatal(err)
-	}
-	want := byte(0)
-	if present {
-		want = 1
-	}
-	typ, ack, err := apptest.ReadRawPacket(bufio.NewReader(c), nil)
-	if err != nil || typ != 0x20 || len(ack) < 2 || ack[0] != want || ack[1] != 0 {
-		t.Fatalf("connack %x %x: %v (want session present %d)", typ, ack, err, want)
-	}
+	c, _ := apptest.RawWillClient(t, addr, id, clean, present, 3600, delay, topic, payload, 1)
 	return c
 }
 

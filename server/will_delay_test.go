@@ -1,8 +1,6 @@
 package server_test
 
 import (
-	"bufio"
-	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -15,44 +13,6 @@ import (
 	"github.com/colonymq/colony/server"
 	"github.com/colonymq/colony/store"
 )
-
-// willConnect connects a raw MQTT 5 client id with a QoS qos will on topic
-// (payload), delayed by delay seconds, and the session expiry expiry; it
-// checks the CONNACK's session present flag.
-func willConnect(t *testing.T, addr, id string, clean, present bool, expiry, delay uint32, topic, payload string, qos byte) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
-		t.Fatal(err)
-	}
-	flags := byte(0x04) | qos<<3
-	if clean {
-		flags |= 0x02
-	}
-	props := []byte{0x11, byte(expiry >> 24), byte(expiry >> 16), byte(expiry >> 8), byte(expiry)}
-	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 5, flags, 0, 60, byte(len(props))}, props...)
-	body = append(append(body, 0, byte(len(id))), id...)
-	body = append(body, 5, 0x18, byte(delay>>24), byte(delay>>16), byte(delay>>8), byte(delay))
-	body = append(append(body, 0, byte(len(topic))), topic...)
-	body = append(append(body, 0, byte(len(payload))), payload...)
-	if _, err := c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(c)
-	typ, ack, err := apptest.ReadRawPacket(r, nil)
-	want := byte(0)
-	if present {
-		want = 1
-	}
-	if err != nil || typ != 0x20 || len(ack) < 2 || ack[0] != want || ack[1] != 0 {
-		t.Fatalf("connack %x %x: %v (want session present %d)", typ, ack, err, want)
-	}
-	return c, r
-}
 
 // willSubscriber subscribes a 3.1.1 client to topic at QoS 1.
 func willSubscriber(t *testing.T, addr, topic string) chan pahov3.Message {
@@ -108,8 +68,8 @@ func TestDelayedWillCancelledByTakeOver(t *testing.T) {
 	addr := srv.Addr(server.ListenerMQTT)
 	wills := willSubscriber(t, addr, "w/t")
 
-	willConnect(t, addr, "wt", false, false, 3600, 1, "w/t", "old", 1)
-	c2, _ := willConnect(t, addr, "wt", false, true, 3600, 0, "w/t", "new", 1)
+	apptest.RawWillClient(t, addr, "wt", false, false, 3600, 1, "w/t", "old", 1)
+	c2, _ := apptest.RawWillClient(t, addr, "wt", false, true, 3600, 0, "w/t", "new", 1)
 	select {
 	case <-h.entered:
 	case <-time.After(apptest.Wait):
@@ -159,7 +119,7 @@ func TestDelayedWillSentWhenTheSessionEnds(t *testing.T) {
 	srv := hookedServer(t, server.Limits{}, h)
 	addr := srv.Addr(server.ListenerMQTT)
 	wills := willSubscriber(t, addr, "w/e")
-	c, _ := willConnect(t, addr, "we", false, false, 3600, 3600, "w/e", "bye", 1)
+	c, _ := apptest.RawWillClient(t, addr, "we", false, false, 3600, 3600, "w/e", "bye", 1)
 	c.Close()
 	<-h.gone
 	apptest.RawClient(t, addr, "we", 5, true, false, 0)
@@ -184,7 +144,7 @@ func TestDelayedWillSurvivesRestart(t *testing.T) {
 	apptest.Done(t, s.Subscribe("w/r", 1, nil))
 	s.Disconnect(50)
 
-	c, _ := willConnect(t, addr, "wr", false, false, 3600, 2, "w/r", "bye", 1)
+	c, _ := apptest.RawWillClient(t, addr, "wr", false, false, 3600, 2, "w/r", "bye", 1)
 	c.Close()
 	<-h.gone
 	stop()

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
 )
@@ -29,6 +30,33 @@ func RawClient(t testing.TB, addr, id string, version byte, clean, present bool,
 // client given encoded (under 128 bytes, without their length).
 func RawClientWith(t testing.TB, addr, id string, version byte, clean, present bool, props []byte) (net.Conn, *bufio.Reader) {
 	t.Helper()
+	var flags byte
+	if clean {
+		flags = 2
+	}
+	return rawConnect(t, addr, version, flags, props, present, lengthPrefixed(id))
+}
+
+// RawWillClient connects a raw MQTT 5 client id with a QoS qos will on
+// topic (payload), delayed by delay seconds, and the session expiry
+// expiry; it checks the CONNACK's session present flag.
+func RawWillClient(t testing.TB, addr, id string, clean, present bool, expiry, delay uint32, topic, payload string, qos byte) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	flags := byte(0x04) | qos<<3
+	if clean {
+		flags |= 0x02
+	}
+	props := []byte{0x11, byte(expiry >> 24), byte(expiry >> 16), byte(expiry >> 8), byte(expiry)}
+	willProps := []byte{5, 0x18, byte(delay >> 24), byte(delay >> 16), byte(delay >> 8), byte(delay)}
+	return rawConnect(t, addr, 5, flags, props, present,
+		lengthPrefixed(id), willProps, lengthPrefixed(topic), lengthPrefixed(payload))
+}
+
+// rawConnect dials addr, sends a CONNECT (all of it under 128 bytes) with
+// the connect flags, the MQTT 5 properties props and the payload fields,
+// and checks that the CONNACK accepts it with session present or not.
+func rawConnect(t testing.TB, addr string, version, flags byte, props []byte, present bool, payload ...[]byte) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, Wait)
 	if err != nil {
 		t.Fatal(err)
@@ -37,28 +65,29 @@ func RawClientWith(t testing.TB, addr, id string, version byte, clean, present b
 	if err := c.SetReadDeadline(time.Now().Add(Wait)); err != nil {
 		t.Fatal(err)
 	}
-	var flags, want byte
-	if clean {
-		flags = 2
+	body := []byte{0, 4, 'M', 'Q', 'T', 'T', version, flags, 0, 60}
+	if version == 5 {
+		body = append(append(body, byte(len(props))), props...)
 	}
+	body = slices.Concat(append([][]byte{body}, payload...)...)
+	if _, err := c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
+		t.Fatal(err)
+	}
+	var want byte
 	if present {
 		want = 1
 	}
-	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', version, flags, 0, 60}
-	if version == 5 {
-		vh = append(append(vh, byte(len(props))), props...)
-	}
-	connect := append([]byte{0x10, byte(len(vh) + 2 + len(id))}, vh...)
-	connect = append(append(connect, 0, byte(len(id))), id...)
-	if _, err := c.Write(connect); err != nil {
-		t.Fatal(err)
-	}
 	r := bufio.NewReader(c)
-	typ, body, err := ReadRawPacket(r, nil)
-	if err != nil || typ != 0x20 || len(body) < 2 || body[0] != want || body[1] != 0 {
-		t.Fatalf("connack %x %x: %v (want session present %d)", typ, body, err, want)
+	typ, ack, err := ReadRawPacket(r, nil)
+	if err != nil || typ != 0x20 || len(ack) < 2 || ack[0] != want || ack[1] != 0 {
+		t.Fatalf("connack %x %x: %v (want session present %d)", typ, ack, err, want)
 	}
 	return c, r
+}
+
+// lengthPrefixed encodes s as an MQTT string: two bytes of length, then s.
+func lengthPrefixed(s string) []byte {
+	return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...)
 }
 
 // ReadRawPacket reads one MQTT packet: its first byte and its body, into
