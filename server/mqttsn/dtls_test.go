@@ -292,3 +292,54 @@ func TestDTLSRefusedConnectKeepsAssociation(t *testing.T) {
 		t.Fatalf("stop with a refused device's association open: %v", err)
 	}
 }
+
+// TestDTLSMovedDeviceLeavesNoAssociation: a device whose session moves to
+// a new DTLS association (it resumes it from a new address, as after a
+// NAT rebinding or a reboot, or another association connects with its
+// client id and a clean session) never closes its old association, which
+// no session uses any more. The gateway closed an association only when
+// its session ended otherwise, so every such move left one open, with its
+// goroutine and buffers, until the node stopped.
+func TestDTLSMovedDeviceLeavesNoAssociation(t *testing.T) {
+	psk := writeFile(t, "psk", "dev1:00112233445566778899aabbccddeeff\n")
+	a := runSN(t, func(c *app.Config) {
+		c.MQTTSN.Listen = app.Off
+		c.MQTTSN.DTLSListen = "127.0.0.1:0"
+		c.MQTTSN.PSKFile = psk
+		c.MQTTSN.HandshakeTimeout = app.Duration(10 * time.Minute)
+	})
+	key := []byte{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff}
+	device := func(clean bool) *client.Client {
+		t.Helper()
+		dev, err := dialDTLS(t, a, client.Options{ClientID: "mover", CleanSession: clean,
+			DTLS: &client.DTLS{PSKIdentity: "dev1", PSK: key}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dev.Connect(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		return dev
+	}
+	associations := func(want int) {
+		t.Helper()
+		apptest.Eventually(t, func() error {
+			if n := mqttsn.Associations(a.MQTTSN()); n != want {
+				return fmt.Errorf("%d dtls associations open, want %d", n, want)
+			}
+			return nil
+		})
+	}
+	device(false)
+	associations(1)
+	device(false) // resumes the session from a new association
+	associations(1)
+	if st := a.MQTTSN().Stats(); st.Sessions != 1 {
+		t.Fatalf("sessions: %d", st.Sessions)
+	}
+	device(true) // takes the client id with a clean session: the old one ends
+	associations(1)
+	if st := a.MQTTSN().Stats(); st.Sessions != 1 {
+		t.Fatalf("sessions: %d", st.Sessions)
+	}
+}

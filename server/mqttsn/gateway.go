@@ -382,6 +382,7 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 			return
 		}
 		old.end(endReplaced)
+		g.release(old.currentPeer(), from)
 	}
 	s := newSession(g, from, c)
 	g.mu.Lock()
@@ -412,7 +413,6 @@ func (g *Gateway) wake(from peer, clientID string) {
 // rebind points a session's entries at a new peer address.
 func (g *Gateway) rebind(s *session, old, now peer) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if old != nil && g.byPeer[old.key()] == s {
 		delete(g.byPeer, old.key())
 	}
@@ -421,6 +421,22 @@ func (g *Gateway) rebind(s *session, old, now peer) {
 		delete(g.byPeer, now.key())
 	}
 	g.byPeer[now.key()] = s
+	g.mu.Unlock()
+	g.release(old, now)
+}
+
+// release closes old, the DTLS association a device's session has just
+// left for now (it resumed the session, or connected with its client id,
+// from another association), unless a session uses it. Its device will
+// not close it (it lost the address, or rebooted), nor has it an answer
+// to read on it: left open, it kept its goroutine and buffers until the
+// node stopped.
+func (g *Gateway) release(old, now peer) {
+	dp, ok := old.(*dtlsPeer)
+	if !ok || (now != nil && dp.key() == now.key()) || g.sessionOf(dp) != nil {
+		return
+	}
+	dp.close()
 }
 
 // forget removes a session that has ended.

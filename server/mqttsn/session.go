@@ -305,6 +305,13 @@ func (s *session) engineEnded(conn *engineConn, err error) {
 	s.endLocked(endBroker)
 }
 
+// currentPeer returns the association or address the session uses.
+func (s *session) currentPeer() peer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peer
+}
+
 func (s *session) end(kind endKind) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
