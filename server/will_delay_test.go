@@ -128,6 +128,23 @@ func TestDelayedWillSentWhenTheSessionEnds(t *testing.T) {
 	}
 }
 
+// TestDelayedWillSentWhenDisconnectEndsTheSession: a client with a will
+// delayed by an hour leaves with DISCONNECT 0x04 (disconnect with will
+// message) and sets the session expiry to 0 in it, so its session ends
+// with the connection: the will must go out now [MQTT-3.1.2-8], not an
+// hour later (the cut of the delay to the session expiry happens only at
+// CONNECT, where the expiry was an hour).
+func TestDelayedWillSentWhenDisconnectEndsTheSession(t *testing.T) {
+	srv := hookedServer(t, server.Limits{})
+	addr := srv.Addr(server.ListenerMQTT)
+	wills := willSubscriber(t, addr, "w/d")
+	c, _ := apptest.RawWillClient(t, addr, "wd", true, false, 3600, 3600, "w/d", "bye", 1)
+	rawSend(t, c, 0xe0, 7, 0x04, 5, 0x11, 0, 0, 0, 0) // DISCONNECT 0x04, session expiry 0
+	if m := apptest.Next(t, wills); string(m.Payload()) != "bye" {
+		t.Fatalf("got %q", m.Payload())
+	}
+}
+
 // TestDelayedWillSurvivesRestart: a persistent session's connection drops
 // with a will delayed by 2 s, and the server restarts within the delay.
 // The will is part of the session state [MQTT 5 4.1] and the store keeps

@@ -2158,6 +2158,13 @@ func (s *Server) sendLWT(cl *Client) {
 		// COLONY PATCH P38: unless a take-over decided its fate already.
 		cl.State.willMu.Lock()
 		fate := cl.State.willFate
+		if fate == 0 && cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0 {
+			// COLONY PATCH P44: the session ends with this connection (a
+			// DISCONNECT set its expiry to 0; the cut of the delay to the
+			// expiry is made only at CONNECT), so the will goes out now
+			// [MQTT-3.1.2-8]; upstream waited for the whole delay.
+			fate = willEnded
+		}
 		if fate == 0 {
 			s.loop.willDelayed.Add(cl.ID, pk)
 		}
