@@ -12,6 +12,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/app/apptest"
@@ -295,4 +296,77 @@ func TestExpiredSessionLeavesNoSubscriptions(t *testing.T) {
 	pub := apptest.V3(t, "tcp://"+addr, "gone-pub")
 	apptest.Done(t, pub.Publish("gone/t", 1, false, "stale"))
 	apptest.RawExchange(t, c, r, apptest.RawStep{Send: []byte{0xc0, 0}, Want: []byte{0xd0, 0}}) // PINGRESP, no PUBLISH
+}
+
+// subscribedPauseHook holds up the OnSubscribed of client id until resume
+// (or a while passed), having reported entered: for an adopted session,
+// the moment its subscriptions are live and storage is being told of them.
+type subscribedPauseHook struct {
+	mqtt.HookBase
+	id      string
+	entered chan struct{}
+	resume  chan struct{}
+}
+
+func (*subscribedPauseHook) ID() string { return "subscribed-pause" }
+func (*subscribedPauseHook) Provides(b byte) bool {
+	return b == mqtt.OnSubscribed
+}
+func (h *subscribedPauseHook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {
+	if cl.ID == h.id {
+		close(h.entered)
+		select {
+		case <-h.resume:
+		case <-time.After(apptest.Wait):
+		}
+	}
+}
+
+// TestAdoptionKeepsADeliveryMadeMeanwhile: a session that moved from
+// another node with a queued QoS 1 message (packet id 1) is adopted here,
+// and a local publisher's QoS 1 message reaches it while the adoption is
+// under way (in sync mode OnSubscribed waits for a commit). Both must be
+// delivered, the moved one first. The adoption installed the client and
+// its subscriptions before the moved messages, with its packet ids not yet
+// carried on: the local message took id 1 and the moved message, put in
+// under the same id, replaced it, though its publisher had its PUBACK.
+func TestAdoptionKeepsADeliveryMadeMeanwhile(t *testing.T) {
+	src := hookedServer(t, server.Limits{})
+	c, r := apptest.RawClient(t, src.Addr(server.ListenerMQTT), "ad-sub", 4, false, false, 0)
+	rawSubscribe(t, c, r, 4, "ad/t", 1)
+	c.Close()
+	apptest.Eventually(t, func() error {
+		if src.Stats().Info.ClientsConnected != 0 {
+			return context.DeadlineExceeded
+		}
+		return nil
+	})
+	pub := apptest.V3(t, "tcp://"+src.Addr(server.ListenerMQTT), "ad-pub")
+	apptest.Done(t, pub.Publish("ad/t", 1, false, "0"))
+	ctx, cancel := context.WithTimeout(context.Background(), apptest.Wait)
+	defer cancel()
+	st, err := src.ReleaseSession(ctx, "ad-sub", true)
+	if err != nil || st == nil || len(st.Inflight) != 1 {
+		t.Fatalf("release: %+v %v", st, err)
+	}
+
+	h := &subscribedPauseHook{id: "ad-sub", entered: make(chan struct{}), resume: make(chan struct{})}
+	dst := hookedServer(t, server.Limits{}, h)
+	adopted := make(chan struct{})
+	go func() {
+		defer close(adopted)
+		dst.AdoptSession(st)
+	}()
+	select {
+	case <-h.entered:
+	case <-time.After(apptest.Wait):
+		t.Fatal("the adoption never told the hooks of the subscriptions")
+	}
+	pub2 := apptest.V3(t, "tcp://"+dst.Addr(server.ListenerMQTT), "ad-pub2")
+	apptest.Done(t, pub2.Publish("ad/t", 1, false, "1")) // acknowledged
+	close(h.resume)
+	<-adopted
+
+	c, r = apptest.RawClient(t, dst.Addr(server.ListenerMQTT), "ad-sub", 4, false, true, 0)
+	ackInOrder(t, c, r, 2, func() string { return "" })
 }

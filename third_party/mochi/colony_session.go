@@ -178,29 +178,12 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 	}
 	cl.Properties.Will = Will(c.Will)
 	cl.Stop(packets.ErrSessionTakenOver)
-	s.Clients.Add(cl)
-
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}}
-	codes := make([]byte, 0, len(subs))
-	for _, sub := range subs {
-		sb := packets.Subscription{
-			Filter:            sub.Filter,
-			RetainHandling:    sub.RetainHandling,
-			Qos:               sub.Qos,
-			RetainAsPublished: sub.RetainAsPublished,
-			NoLocal:           sub.NoLocal,
-			Identifier:        sub.Identifier,
-		}
-		if s.Topics.Subscribe(cl.ID, sb) {
-			atomic.AddInt64(&s.Info.Subscriptions, 1)
-		}
-		cl.State.Subscriptions.Add(sb.Filter, sb)
-		pk.Filters = append(pk.Filters, sb)
-		codes = append(codes, sb.Qos)
-	}
-	if len(pk.Filters) > 0 {
-		s.hooks.OnSubscribed(cl, pk, codes)
-	}
+	// COLONY PATCH P45: the moved messages, their packet ids and holds go
+	// in before the client can be found (Clients.Add, and its
+	// subscriptions): a local publisher that found it first took packet id
+	// 1 (the counter was not carried on yet), and a moved message put in
+	// under the same id replaced that delivery, acknowledged to its
+	// publisher, and came before it.
 	for _, msg := range msgs {
 		switch { // COLONY PATCH P25
 		case msg.FixedHeader.Type == packets.Pubrec: // the client's own QoS 2 publish
@@ -226,6 +209,29 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 	// every moved message DUP, the ones the client never got included.
 	for _, id := range unsent {
 		cl.State.Inflight.holdUnsent(id, nil)
+	}
+	s.Clients.Add(cl)
+
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}}
+	codes := make([]byte, 0, len(subs))
+	for _, sub := range subs {
+		sb := packets.Subscription{
+			Filter:            sub.Filter,
+			RetainHandling:    sub.RetainHandling,
+			Qos:               sub.Qos,
+			RetainAsPublished: sub.RetainAsPublished,
+			NoLocal:           sub.NoLocal,
+			Identifier:        sub.Identifier,
+		}
+		if s.Topics.Subscribe(cl.ID, sb) {
+			atomic.AddInt64(&s.Info.Subscriptions, 1)
+		}
+		cl.State.Subscriptions.Add(sb.Filter, sb)
+		pk.Filters = append(pk.Filters, sb)
+		codes = append(codes, sb.Qos)
+	}
+	if len(pk.Filters) > 0 {
+		s.hooks.OnSubscribed(cl, pk, codes)
 	}
 	// COLONY PATCH P43: a will still waiting for its delay (the releasing
 	// node dropped it) waits here, as after a restore from storage
