@@ -139,6 +139,8 @@ func newMetrics(a *App) *metrics.Set {
 		gauge(`colony_federation_messages_lost_total{reason="refused_locally"}`, func() float64 { return float64(f.Stats().Failed) })
 		gauge("colony_federation_bindings", func() float64 { return float64(f.Stats().Bindings) })
 		gauge("colony_federation_reconnects_total", func() float64 { return float64(f.Stats().Reconnects) })
+		gauge("colony_federation_sessions_taken_over_total", func() float64 { return float64(f.Stats().Takeovers) })
+		gauge("colony_federation_sessions_lost_total", func() float64 { return float64(f.Stats().LateSessions) })
 	}
 	if g := a.sn; g != nil {
 		sn := func() mqttsn.Stats { return g.Stats() }

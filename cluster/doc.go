@@ -134,7 +134,8 @@
 //	kick      key user.<uid> or client.<cid>; headers user or client, reason.
 //	takeover  key client.<cid>, mandatory; header client; with clean=true the
 //	          holder drops the session (a clean start elsewhere), else reply_to
-//	          and correlation_id ask it to hand the session over.
+//	          and correlation_id ask it to hand the session over, and wait_ms
+//	          (int64) says how long the asker waits for it.
 //	session   the answer, sent to the asker's queue through the default
 //	          exchange with the correlation_id: the session as JSON (client,
 //	          subscriptions, inflight: the records the store keeps; unsent:
@@ -153,8 +154,14 @@
 // then answers CONNACK with session present, then resends the queued
 // messages in order. An MQTT 5 will waiting for its Will Delay Interval
 // moves with the session, and the resuming connection cancels it; after a
-// clean start the old node publishes it at once, as the session ended. The connecting client waits at most
-// Options.TakeoverWait for the answer. Messages published on a third
+// clean start the old node publishes it at once, as the session ended.
+// The connecting client waits at most Options.TakeoverWait for the
+// answer. The holder gives the session up only within three quarters of
+// the shorter of its own TakeoverWait and wait_ms (its old connection
+// still closing then, it keeps the session and answers with an empty
+// body), so the answer has time to arrive; one that still comes too late
+// is lost, logged and counted (colony_federation_sessions_lost_total).
+// Messages published on a third
 // node between the old node's unbinding and the new node's binding (a
 // few milliseconds) miss the session, and a client that reconnects
 // elsewhere before its first node has bound its key is not found there.

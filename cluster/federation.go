@@ -516,14 +516,17 @@ type Stats struct {
 	Malformed   uint64 // deliveries that were not federated messages (dropped)
 	Reconnects  uint64 // connections made by the background loop
 	Takeovers   uint64 // persistent sessions taken over from other nodes
-	Bindings    int    // subscription bindings of the node's queue right now
-	Routes      int    // user and client bindings of the node's queue right now (users connected, sessions held)
-	Filters     int    // distinct binding keys local subscriptions want
+	// LateSessions counts sessions handed over after the takeover had
+	// given up waiting: lost, with their queued messages.
+	LateSessions uint64
+	Bindings     int // subscription bindings of the node's queue right now
+	Routes       int // user and client bindings of the node's queue right now (users connected, sessions held)
+	Filters      int // distinct binding keys local subscriptions want
 }
 
 type counters struct {
-	out, batches, in, synced, unsent, nacked, unconfirmed, failed, malformed, reconnects, takeovers atomic.Uint64
-	bindings, routes                                                                                atomic.Int64
+	out, batches, in, synced, unsent, nacked, unconfirmed, failed, malformed, reconnects, takeovers, lateSessions atomic.Uint64
+	bindings, routes                                                                                              atomic.Int64
 }
 
 // Stats returns the Federation's counters.
@@ -532,7 +535,7 @@ func (f *Federation) Stats() Stats {
 	return Stats{
 		Out: c.out.Load(), Batches: c.batches.Load(), In: c.in.Load(), Synced: c.synced.Load(), Unsent: c.unsent.Load(),
 		Nacked: c.nacked.Load(), Unconfirmed: c.unconfirmed.Load(), Failed: c.failed.Load(),
-		Malformed: c.malformed.Load(), Reconnects: c.reconnects.Load(), Takeovers: c.takeovers.Load(),
+		Malformed: c.malformed.Load(), Reconnects: c.reconnects.Load(), Takeovers: c.takeovers.Load(), LateSessions: c.lateSessions.Load(),
 		Bindings: int(c.bindings.Load()), Routes: int(c.routes.Load()), Filters: f.in.wanted(),
 	}
 }

@@ -47,6 +47,11 @@ const (
 	HeaderClient = "client"
 	HeaderReason = "reason"
 	HeaderClean  = "clean"
+	// HeaderWait is how long, in milliseconds, the node asking for a
+	// session waits for it (takeover): the holder gives the session up
+	// only if it can do so well within that, since one that arrives after
+	// the asker gave up is lost.
+	HeaderWait = "wait_ms"
 )
 
 // DefaultTakeoverWait bounds how long a connecting client waits for
@@ -199,6 +204,7 @@ func (f *Federation) claim(clientID string, keep bool) {
 		}
 		return
 	}
+	h[HeaderWait] = f.opts.TakeoverWait.Milliseconds()
 	corr := strconv.FormatUint(f.corr.Add(1), 36)
 	ch := make(chan *server.SessionState, 1)
 	f.ownersMu.Lock()
@@ -241,6 +247,9 @@ func (f *Federation) claim(clientID string, keep bool) {
 }
 
 // resolve hands a takeover answer (nil: no session) to the waiting claim.
+// A session that comes after its claim gave up is lost: the other node no
+// longer has it, and the client started afresh here. releaseBudget makes
+// that rare; it is logged and counted, never silent.
 func (f *Federation) resolve(corr string, st *server.SessionState) {
 	f.ownersMu.Lock()
 	ch := f.waiters[corr]
@@ -248,8 +257,14 @@ func (f *Federation) resolve(corr string, st *server.SessionState) {
 	if ch != nil {
 		select {
 		case ch <- st:
+			return
 		default:
 		}
+	}
+	if st != nil {
+		f.stats.lateSessions.Add(1)
+		f.log.Error().Str("client", st.Client.ID).Int("queued", len(st.Inflight)).Int("subscriptions", len(st.Subscriptions)).
+			Msg("federation: a session handed over after the takeover wait is lost: the client had started without it")
 	}
 }
 
@@ -294,10 +309,11 @@ func (s *session) control(d *amqp091.Delivery) bool {
 			return true
 		}
 		clean, _ := d.Headers[HeaderClean].(bool)
+		wait, _ := d.Headers[HeaderWait].(int64)
 		// Releasing waits for the old connection to close: not on the
 		// consumer, which would hold up every other delivery.
 		s.bg.Add(1)
-		go s.release(client, !clean, d.ReplyTo, d.CorrelationId, origin)
+		go s.release(client, !clean, d.ReplyTo, d.CorrelationId, origin, releaseBudget(f.opts.TakeoverWait, time.Duration(wait)*time.Millisecond))
 	case TypeSession:
 		var st *server.SessionState
 		if len(d.Body) > 0 {
@@ -313,12 +329,25 @@ func (s *session) control(d *amqp091.Delivery) bool {
 	return true
 }
 
+// releaseBudget is how long a node may take to give a session up (the old
+// connection to close) for a takeover whose asker waits asked (0: not
+// said; an older node): three quarters of the shorter wait, so that the
+// answer has the last quarter to get there. Past it the node keeps the
+// session and answers that it has none: the client starts afresh there,
+// and its session stays here, for its next connection to take over.
+func releaseBudget(own, asked time.Duration) time.Duration {
+	if asked > 0 && asked < own {
+		own = asked
+	}
+	return own * 3 / 4
+}
+
 // release gives up this node's session of a client that connected to
-// another node and, when asked, sends it there.
-func (s *session) release(clientID string, keep bool, replyTo, corr, to string) {
+// another node and, when asked, sends it there, within budget.
+func (s *session) release(clientID string, keep bool, replyTo, corr, to string, budget time.Duration) {
 	defer s.bg.Done()
 	f := s.f
-	ctx, cancel := context.WithTimeout(f.life, f.opts.TakeoverWait)
+	ctx, cancel := context.WithTimeout(f.life, budget)
 	defer cancel()
 	st, err := f.broker.ReleaseSession(ctx, clientID, keep)
 	if err != nil {
