@@ -1,13 +1,16 @@
 package server_test
 
 import (
+	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/server"
@@ -173,5 +176,54 @@ func TestDelayedWillSurvivesRestart(t *testing.T) {
 	})
 	if m := apptest.Next(t, ch); string(m.Payload()) != "bye" {
 		t.Fatalf("got %q", m.Payload())
+	}
+}
+
+// willSentHook counts the engine's OnWillSent calls for client id.
+type willSentHook struct {
+	mqtt.HookBase
+	id   string
+	sent atomic.Int32
+}
+
+func (*willSentHook) ID() string { return "will-sent-probe" }
+func (*willSentHook) Provides(b byte) bool {
+	return b == mqtt.OnWillSent
+}
+func (h *willSentHook) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
+	if cl.ID == h.id {
+		h.sent.Add(1)
+	}
+}
+
+// TestWillOfAnExpiringSessionIsTheSessions: a connection with a session
+// expiry of 1 s and a will delayed by an hour (cut to the expiry at
+// CONNECT) drops; session expiry and will fall due in the same tick of
+// the server's loop. The will must go out once, as the session's: the
+// hooks are told (OnWillSent), which is how the cluster carries a will to
+// the other nodes. When the expiry sweep ran first, the will sweep found
+// no client and published the will as the server's, and no hook heard of
+// it. The two sweeps run in either order, so three rounds.
+func TestWillOfAnExpiringSessionIsTheSessions(t *testing.T) {
+	for round := range 3 {
+		id := fmt.Sprintf("wx-%d", round)
+		h := &willSentHook{id: id}
+		srv := hookedServer(t, server.Limits{}, h)
+		addr := srv.Addr(server.ListenerMQTT)
+		wills := willSubscriber(t, addr, "w/x")
+		c, _ := apptest.RawWillClient(t, addr, id, true, false, 1, 3600, "w/x", "bye", 1)
+		c.Close()
+		if m := apptest.Next(t, wills); string(m.Payload()) != "bye" {
+			t.Fatalf("round %d: got %q", round, m.Payload())
+		}
+		apptest.Eventually(t, func() error {
+			if srv.HasSession(id) {
+				return fmt.Errorf("round %d: the session has not expired", round)
+			}
+			return nil
+		})
+		if n := h.sent.Load(); n != 1 {
+			t.Fatalf("round %d: the hooks heard of the will %d times, want once", round, n)
+		}
 	}
 }

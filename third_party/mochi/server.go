@@ -2409,9 +2409,24 @@ func (s *Server) expireClient(id string, cl *Client) {
 	if !cl.State.claimed.CompareAndSwap(false, true) {
 		return
 	}
+	// COLONY PATCH P46: the session ends, so a will still waiting for its
+	// delay goes out now, as the session's [MQTT-3.1.2-8]. The delay is
+	// cut to the session expiry at CONNECT, so both fall due in the same
+	// tick, and when this sweep ran first the will sweep found no client:
+	// it published the will as the server's, and the hooks were not told
+	// (OnWillSent), so the cluster did not carry it to the other nodes.
+	cl.State.willMu.Lock()
+	cl.State.willFate = willEnded
+	will, due := s.loop.willDelayed.TakeIf(id, func(pk packets.Packet) bool { return pk.Origin == cl.ID })
+	cl.State.willMu.Unlock()
 	s.UnsubscribeClient(cl)
 	cl.State.Inflight.moveTo(nil) // P31: sealed, nothing more goes in
 	cl.ClearInflights()
+	if due {
+		// before the hooks forget the session: told after, storage
+		// would write its record back (OnWillSent)
+		s.sendWill(cl, will, 0, true)
+	}
 	s.hooks.OnClientExpired(cl)
 	s.Clients.deleteIf(id, cl) // [MQTT-4.1.0-2]
 }
