@@ -407,7 +407,15 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 		atomic.AddInt64(&cl.ops.info.TooLargeDropped, 1)
 	}
 	for _, tk := range out {
+		// COLONY PATCH P47: counted as a recording (P36), and not begun once
+		// a take-over sealed the set: written after the next connection
+		// had resent the message and seen it acknowledged, the record
+		// outlived its flow, and a restart delivered the message again.
+		if !cl.State.Inflight.beginRecording() {
+			return packets.ErrSessionTakenOver
+		}
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
+		cl.State.Inflight.recorded()
 		err := cl.WritePacket(tk)
 		if err != nil {
 			return err

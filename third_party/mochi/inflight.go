@@ -241,7 +241,20 @@ func (i *Inflight) promote(ack *packets.Packet) bool {
 	return true
 }
 
-// recorded ends a recording that setLive, setInboundLive or promote started: the
+// beginRecording starts a recording of a message already in the set (a
+// resend rewrites its record), unless a take-over sealed the set: false
+// then, and the caller writes nothing. COLONY PATCH P47.
+func (i *Inflight) beginRecording() bool {
+	i.Lock()
+	defer i.Unlock()
+	if i.sealed {
+		return false
+	}
+	i.recording.Add(1)
+	return true
+}
+
+// recorded ends a recording that setLive, setInboundLive, promote or beginRecording started: the
 // hooks have been told of the message (or id). COLONY PATCH P36.
 func (i *Inflight) recorded() {
 	i.recording.Add(-1) // started under the lock that sealing takes, so none starts after the seal
