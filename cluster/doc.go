@@ -156,8 +156,9 @@
 // moves with the session, and the resuming connection cancels it; after a
 // clean start the old node publishes it at once, as the session ended.
 // The connecting client waits at most Options.TakeoverWait for the
-// answer. The holder gives the session up only within three quarters of
-// the shorter of its own TakeoverWait and wait_ms (its old connection
+// answer. The holder gives a session up for a takeover that waits for it
+// only within three quarters of the shorter of its own TakeoverWait and
+// wait_ms (its old connection
 // still closing then, it keeps the session and answers with an empty
 // body), so the answer has time to arrive; one that still comes too late
 // is lost, logged and counted (colony_federation_sessions_lost_total).

@@ -214,6 +214,11 @@ func (f *Federation) claim(clientID string, keep bool) {
 		f.ownersMu.Lock()
 		delete(f.waiters, corr)
 		f.ownersMu.Unlock()
+		select { // an answer that came as the wait ended (resolve sends under ownersMu)
+		case st := <-ch:
+			f.lateSession(st)
+		default:
+		}
 	}()
 	msg := amqp091.Publishing{Headers: h, ReplyTo: f.queue, CorrelationId: corr}
 	if err := s.publishMandatory(f.msgEx, key, msg); err != nil {
@@ -252,20 +257,32 @@ func (f *Federation) claim(clientID string, keep bool) {
 // that rare; it is logged and counted, never silent.
 func (f *Federation) resolve(corr string, st *server.SessionState) {
 	f.ownersMu.Lock()
+	// Sent under the lock: claim, which removes its waiter under it and
+	// then looks in the channel, sees every answer it did not take.
 	ch := f.waiters[corr]
-	f.ownersMu.Unlock()
+	sent := false
 	if ch != nil {
 		select {
 		case ch <- st:
-			return
+			sent = true
 		default:
 		}
 	}
-	if st != nil {
-		f.stats.lateSessions.Add(1)
-		f.log.Error().Str("client", st.Client.ID).Int("queued", len(st.Inflight)).Int("subscriptions", len(st.Subscriptions)).
-			Msg("federation: a session handed over after the takeover wait is lost: the client had started without it")
+	f.ownersMu.Unlock()
+	if !sent {
+		f.lateSession(st)
 	}
+}
+
+// lateSession reports a session handed over after its claim stopped
+// waiting (nil: an answer without one, nothing lost).
+func (f *Federation) lateSession(st *server.SessionState) {
+	if st == nil {
+		return
+	}
+	f.stats.lateSessions.Add(1)
+	f.log.Error().Str("client", st.Client.ID).Int("queued", len(st.Inflight)).Int("subscriptions", len(st.Subscriptions)).
+		Msg("federation: a session handed over after the takeover wait is lost: the client had started without it")
 }
 
 // control handles the user and session control messages; it reports false
@@ -313,7 +330,11 @@ func (s *session) control(d *amqp091.Delivery) bool {
 		// Releasing waits for the old connection to close: not on the
 		// consumer, which would hold up every other delivery.
 		s.bg.Add(1)
-		go s.release(client, !clean, d.ReplyTo, d.CorrelationId, origin, releaseBudget(f.opts.TakeoverWait, time.Duration(wait)*time.Millisecond))
+		budget := f.opts.TakeoverWait // a clean start elsewhere: nobody waits for an answer
+		if !clean {
+			budget = releaseBudget(f.opts.TakeoverWait, time.Duration(wait)*time.Millisecond)
+		}
+		go s.release(client, !clean, d.ReplyTo, d.CorrelationId, origin, budget)
 	case TypeSession:
 		var st *server.SessionState
 		if len(d.Body) > 0 {
