@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -13,7 +12,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
@@ -115,25 +113,7 @@ func (h *connackHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte)
 // hookedServer runs a server (no store) with hooks and limits.
 func hookedServer(t *testing.T, limits server.Limits, hooks ...mqtt.Hook) *server.Server {
 	t.Helper()
-	srv, err := server.New(server.Options{
-		Listeners: server.Listeners{MQTT: "127.0.0.1:0"},
-		Limits:    limits,
-		Hooks:     hooks,
-		Logger:    zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apptest.Wait)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-	})
+	srv, _ := runServer(t, server.Options{Limits: limits, Hooks: hooks})
 	return srv
 }
 

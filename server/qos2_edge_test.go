@@ -11,7 +11,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
@@ -30,26 +29,14 @@ func storedServer(t *testing.T, path string, d store.Durability, hooks ...mqtt.H
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err = server.New(server.Options{
-		Listeners: server.Listeners{MQTT: "127.0.0.1:0"},
-		Limits:    server.Limits{SlowClientTimeout: apptest.Wait},
-		Hooks:     append(hooks, db.MQTTHook()),
-		Logger:    zerolog.Nop(),
+	srv, stopServer := runServer(t, server.Options{
+		Limits: server.Limits{SlowClientTimeout: apptest.Wait},
+		Hooks:  append(hooks, db.MQTTHook()),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), apptest.Wait)
-			defer cancel()
-			if err := srv.Shutdown(ctx); err != nil {
-				t.Error(err)
-			}
+			stopServer()
 			if err := db.Close(); err != nil {
 				t.Error(err)
 			}
@@ -65,10 +52,8 @@ func storedServer(t *testing.T, path string, d store.Durability, hooks ...mqtt.H
 // storage hearing of it, which every delivery has.
 type recordPauseHook struct {
 	mqtt.HookBase
-	id      string
-	once    sync.Once
-	entered chan struct{}
-	release chan struct{}
+	id string
+	*gate
 }
 
 func (*recordPauseHook) ID() string { return "record-pause" }
@@ -76,18 +61,8 @@ func (*recordPauseHook) Provides(b byte) bool {
 	return b == mqtt.OnQosPublish
 }
 func (h *recordPauseHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	if cl.ID != h.id || pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != "x" {
-		return
-	}
-	first := false
-	h.once.Do(func() { first = true })
-	if !first {
-		return
-	}
-	close(h.entered)
-	select {
-	case <-h.release:
-	case <-time.After(2 * time.Second):
+	if cl.ID == h.id && pk.FixedHeader.Type == packets.Publish && string(pk.Payload) == "x" {
+		h.hold()
 	}
 }
 
@@ -102,7 +77,8 @@ func (h *recordPauseHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int
 // subscriber had completed (once only [MQTT-4.3.3]).
 func TestTakeOverBeforeTheMessageIsRecorded(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "colony.db")
-	h := &recordPauseHook{id: "tr-sub", entered: make(chan struct{}), release: make(chan struct{})}
+	h := &recordPauseHook{id: "tr-sub", gate: newGate(true)}
+	h.holdFor = 2 * time.Second // the take-over waits for the record under way: it lets the CONNACK go
 	srv, stop := storedServer(t, path, store.DurabilitySync, h)
 	addr := srv.Addr(server.ListenerMQTT)
 
@@ -110,11 +86,7 @@ func TestTakeOverBeforeTheMessageIsRecorded(t *testing.T) {
 	rawSubscribe(t, c, r, 4, "tr/t", 2)
 	pub := apptest.V3(t, "tcp://"+addr, "tr-pub")
 	tok := pub.Publish("tr/t", 2, false, "x")
-	select {
-	case <-h.entered:
-	case <-time.After(apptest.Wait):
-		t.Fatal("the message never went in flight")
-	}
+	h.reached(t, "the message never went in flight")
 
 	// The subscriber reconnects: the message is resent, and completed.
 	c, r = apptest.RawClient(t, addr, "tr-sub", 4, false, true, 0)
@@ -124,7 +96,7 @@ func TestTakeOverBeforeTheMessageIsRecorded(t *testing.T) {
 	}
 	qos2Flow(t, c, r, body)
 	apptest.RawExchange(t, c, r, apptest.RawStep{Send: []byte{0xc0, 0}, Want: []byte{0xd0, 0}}) // the PUBCOMP was read
-	close(h.release)
+	h.open()
 	apptest.Done(t, tok)
 	pub.Disconnect(50)
 	c.Close()

@@ -7,13 +7,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/app/apptest"
 	"github.com/colonymq/colony/server"
@@ -28,9 +26,7 @@ import (
 type readPauseHook struct {
 	mqtt.HookBase
 	id, topic string
-	armed     atomic.Bool
-	entered   chan struct{}
-	resume    chan struct{}
+	*gate
 }
 
 func (*readPauseHook) ID() string { return "read-pause" }
@@ -38,12 +34,8 @@ func (*readPauseHook) Provides(b byte) bool {
 	return b == mqtt.OnACLCheck
 }
 func (h *readPauseHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	if !write && cl.ID == h.id && topic == h.topic && h.armed.CompareAndSwap(true, false) {
-		close(h.entered)
-		select {
-		case <-h.resume:
-		case <-time.After(apptest.Wait):
-		}
+	if !write && cl.ID == h.id && topic == h.topic {
+		h.hold()
 	}
 	return true
 }
@@ -62,24 +54,8 @@ func TestReleaseSessionKeepsALateDelivery(t *testing.T) {
 	if err := os.WriteFile(acl, []byte("topic write mv/#\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h := &readPauseHook{id: "mv-sub", topic: "mv/t", entered: make(chan struct{}), resume: make(chan struct{})}
-	a, err := server.New(server.Options{
-		Listeners: server.Listeners{MQTT: "127.0.0.1:0"},
-		Auth:      server.Auth{ACLFile: acl},
-		Hooks:     []mqtt.Hook{h},
-		Logger:    zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), apptest.Wait)
-		defer cancel()
-		_ = a.Shutdown(ctx)
-	})
+	h := &readPauseHook{id: "mv-sub", topic: "mv/t", gate: newGate(false)}
+	a, _ := runServer(t, server.Options{Auth: server.Auth{ACLFile: acl}, Hooks: []mqtt.Hook{h}})
 	b := hookedServer(t, server.Limits{})
 
 	c, r := apptest.RawClient(t, a.Addr(server.ListenerMQTT), "mv-sub", 4, false, false, 0)
@@ -94,13 +70,9 @@ func TestReleaseSessionKeepsALateDelivery(t *testing.T) {
 
 	pub := apptest.V3(t, "tcp://"+a.Addr(server.ListenerMQTT), "mv-pub")
 	apptest.Done(t, pub.Publish("mv/t", 1, false, "0"))
-	h.armed.Store(true)
+	h.arm()
 	late := pub.Publish("mv/t", 1, false, "1")
-	select {
-	case <-h.entered:
-	case <-time.After(apptest.Wait):
-		t.Fatal("the delivery of message 1 did not start")
-	}
+	h.reached(t, "the delivery of message 1 did not start")
 	ctx, cancel := context.WithTimeout(context.Background(), apptest.Wait)
 	defer cancel()
 	type released struct {
@@ -123,9 +95,9 @@ func TestReleaseSessionKeepsALateDelivery(t *testing.T) {
 	var rel released
 	select {
 	case rel = <-done:
-		close(h.resume)
+		h.open()
 	case <-time.After(200 * time.Millisecond):
-		close(h.resume)
+		h.open()
 		rel = <-done
 	}
 	st, err := rel.st, rel.err
@@ -209,10 +181,8 @@ func TestMovedSessionKeepsResendOrderAfterRestart(t *testing.T) {
 // session and removing it, in which the client may come back.
 type expiryPauseHook struct {
 	mqtt.HookBase
-	id      string
-	armed   atomic.Bool
-	entered chan struct{}
-	resume  chan struct{}
+	id string
+	*gate
 }
 
 func (*expiryPauseHook) ID() string { return "expiry-pause" }
@@ -220,12 +190,8 @@ func (*expiryPauseHook) Provides(b byte) bool {
 	return b == mqtt.OnClientExpired
 }
 func (h *expiryPauseHook) OnClientExpired(cl *mqtt.Client) {
-	if cl.ID == h.id && h.armed.CompareAndSwap(true, false) {
-		close(h.entered)
-		select {
-		case <-h.resume:
-		case <-time.After(apptest.Wait):
-		}
+	if cl.ID == h.id {
+		h.hold()
 	}
 }
 
@@ -237,18 +203,14 @@ func (h *expiryPauseHook) OnClientExpired(cl *mqtt.Client) {
 // connected client's, so publishers no longer found it, and the session's
 // subscriptions stayed behind.
 func TestSessionResumedAsItExpires(t *testing.T) {
-	h := &expiryPauseHook{id: "ex-sub", entered: make(chan struct{}), resume: make(chan struct{})}
+	h := &expiryPauseHook{id: "ex-sub", gate: newGate(false)}
 	srv := hookedServer(t, server.Limits{}, h)
 	addr := srv.Addr(server.ListenerMQTT)
 	c, _ := rawSubscriber(t, addr, "ex-sub", []byte{0x11, 0, 0, 0, 1}, "ex/t", 1) // session expiry 1 s
 	pub := apptest.V3(t, "tcp://"+addr, "ex-pub")
-	h.armed.Store(true)
+	h.arm()
 	c.Close()
-	select {
-	case <-h.entered:
-	case <-time.After(apptest.Wait):
-		t.Fatal("the session did not expire")
-	}
+	h.reached(t, "the session did not expire")
 	// CONNECT (session expiry 3600 s, no clean start) while the sweep is
 	// in OnClientExpired; the server has it once it counts the connection.
 	c, err := net.DialTimeout("tcp", addr, apptest.Wait)
@@ -264,7 +226,7 @@ func TestSessionResumedAsItExpires(t *testing.T) {
 		}
 		return nil
 	})
-	close(h.resume)
+	h.open()
 	if err := c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
 		t.Fatal(err)
 	}
@@ -303,9 +265,8 @@ func TestExpiredSessionLeavesNoSubscriptions(t *testing.T) {
 // the moment its subscriptions are live and storage is being told of them.
 type subscribedPauseHook struct {
 	mqtt.HookBase
-	id      string
-	entered chan struct{}
-	resume  chan struct{}
+	id string
+	*gate
 }
 
 func (*subscribedPauseHook) ID() string { return "subscribed-pause" }
@@ -314,11 +275,7 @@ func (*subscribedPauseHook) Provides(b byte) bool {
 }
 func (h *subscribedPauseHook) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) {
 	if cl.ID == h.id {
-		close(h.entered)
-		select {
-		case <-h.resume:
-		case <-time.After(apptest.Wait):
-		}
+		h.hold()
 	}
 }
 
@@ -350,21 +307,17 @@ func TestAdoptionKeepsADeliveryMadeMeanwhile(t *testing.T) {
 		t.Fatalf("release: %+v %v", st, err)
 	}
 
-	h := &subscribedPauseHook{id: "ad-sub", entered: make(chan struct{}), resume: make(chan struct{})}
+	h := &subscribedPauseHook{id: "ad-sub", gate: newGate(true)}
 	dst := hookedServer(t, server.Limits{}, h)
 	adopted := make(chan struct{})
 	go func() {
 		defer close(adopted)
 		dst.AdoptSession(st)
 	}()
-	select {
-	case <-h.entered:
-	case <-time.After(apptest.Wait):
-		t.Fatal("the adoption never told the hooks of the subscriptions")
-	}
+	h.reached(t, "the adoption never told the hooks of the subscriptions")
 	pub2 := apptest.V3(t, "tcp://"+dst.Addr(server.ListenerMQTT), "ad-pub2")
 	apptest.Done(t, pub2.Publish("ad/t", 1, false, "1")) // acknowledged
-	close(h.resume)
+	h.open()
 	<-adopted
 
 	c, r = apptest.RawClient(t, dst.Addr(server.ListenerMQTT), "ad-sub", 4, false, true, 0)

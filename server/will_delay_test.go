@@ -3,7 +3,6 @@ package server_test
 import (
 	"fmt"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,10 +31,8 @@ func willSubscriber(t *testing.T, addr, topic string) chan pahov3.Message {
 // runs sendLWT after the new connection was told its CONNACK or before).
 type willPauseHook struct {
 	mqtt.HookBase
-	id      string
-	once    sync.Once
-	entered chan struct{}
-	release chan struct{}
+	id string
+	*gate
 }
 
 func (*willPauseHook) ID() string { return "will-pause" }
@@ -44,13 +41,7 @@ func (*willPauseHook) Provides(b byte) bool {
 }
 func (h *willPauseHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	if cl.ID == h.id {
-		h.once.Do(func() {
-			close(h.entered)
-			select {
-			case <-h.release:
-			case <-time.After(apptest.Wait):
-			}
-		})
+		h.hold()
 	}
 	return will, nil
 }
@@ -66,19 +57,15 @@ func (h *willPauseHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, erro
 // connected, and wiped the new connection's will (Clients.Get finds the new
 // client), so the new connection's end published nothing.
 func TestDelayedWillCancelledByTakeOver(t *testing.T) {
-	h := &willPauseHook{id: "wt", entered: make(chan struct{}), release: make(chan struct{})}
+	h := &willPauseHook{id: "wt", gate: newGate(true)}
 	srv := hookedServer(t, server.Limits{}, h)
 	addr := srv.Addr(server.ListenerMQTT)
 	wills := willSubscriber(t, addr, "w/t")
 
 	apptest.RawWillClient(t, addr, "wt", false, false, 3600, 1, "w/t", "old", 1)
 	c2, _ := apptest.RawWillClient(t, addr, "wt", false, true, 3600, 0, "w/t", "new", 1)
-	select {
-	case <-h.entered:
-	case <-time.After(apptest.Wait):
-		t.Fatal("the old connection's will was never considered")
-	}
-	close(h.release)
+	h.reached(t, "the old connection's will was never considered")
+	h.open()
 
 	select { // the old will's delay (1 s) passes, twice over
 	case m := <-wills:
