@@ -53,8 +53,11 @@
 //     asleep, from any address of the same listener and identity, and
 //     with the same client certificate if the session used one) resumes
 //     it: subscriptions, topic ids and buffered messages stay, the will is
-//     set afresh; a CONNECT from another principal replaces the session
-//     and is authenticated afresh. With CleanSession, or when no session is open, the broker
+//     set afresh. A CONNECT from another principal is authenticated
+//     afresh and replaces the session only once the broker accepts it (the
+//     broker takes the client id over, and the old device gets
+//     DISCONNECT); refused, it leaves the session alone. With
+//     CleanSession, or when no session is open, the broker
 //     session starts clean, or (without CleanSession) resumes the broker's
 //     persistent session: subscriptions and the QoS 1/2 messages queued
 //     while the device was away. Topic ids do not outlive the gateway

@@ -343,3 +343,76 @@ func TestDTLSMovedDeviceLeavesNoAssociation(t *testing.T) {
 		t.Fatalf("sessions: %d", st.Sessions)
 	}
 }
+
+// TestDTLSClientIDTakenOnlyByAnAcceptedNewcomer: a CONNECT naming a
+// device's client id from another principal ends the device's session
+// only once the broker has accepted the newcomer. The gateway used to end
+// it first, so an anonymous peer that the broker then refused disconnected
+// any device whose client id it knew.
+func TestDTLSClientIDTakenOnlyByAnAcceptedNewcomer(t *testing.T) {
+	pki := newPKI(t)
+	for _, anonymous := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow_anonymous=%v", anonymous), func(t *testing.T) {
+			a := runSN(t, func(c *app.Config) {
+				c.MQTTSN.Listen = app.Off
+				c.MQTTSN.DTLSListen = "127.0.0.1:0"
+				c.MQTTSN.CertFile, c.MQTTSN.KeyFile, c.MQTTSN.ClientCAFile = pki.serverCert, pki.serverKey, pki.caFile
+				c.Auth.AllowAnonymous = &anonymous
+			})
+			dev, err := dialDTLS(t, a, client.Options{ClientID: "sensor", DTLS: &client.DTLS{RootCAs: pki.pool,
+				ServerName: "localhost", Certificates: []tls.Certificate{pki.client}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := dev.Connect(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := dev.Subscribe(ctx(t), "cmd/sensor", 1); err != nil {
+				t.Fatal(err)
+			}
+			// No certificate: anonymous, a principal other than the device's.
+			intruder, err := dialDTLS(t, a, client.Options{ClientID: "sensor", DTLS: &client.DTLS{RootCAs: pki.pool, ServerName: "localhost"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = intruder.Connect(ctx(t))
+			if anonymous {
+				// Accepted: the broker takes the client id over, and the
+				// device is told its session is gone.
+				if err != nil {
+					t.Fatalf("anonymous CONNECT where anonymous clients are allowed: %v", err)
+				}
+				select {
+				case <-dev.Gone():
+				case <-time.After(apptest.Wait):
+					t.Fatal("the device was not told that its client id was taken over")
+				}
+				if err := intruder.Publish(ctx(t), "anon/x", 1, false, []byte("mine now")); err != nil {
+					t.Fatalf("publish by the new holder of the client id: %v", err)
+				}
+			} else {
+				if !errors.Is(err, client.ErrRejected) {
+					t.Fatalf("anonymous CONNECT where anonymous clients are not allowed: %v, want rejected", err)
+				}
+				// The device's session goes on, in both directions.
+				if err := a.Server().Publish("cmd/sensor", []byte("still yours"), false, 1); err != nil {
+					t.Fatal(err)
+				}
+				if m := nextSN(t, dev); string(m.Payload) != "still yours" {
+					t.Fatalf("device got %+v", m)
+				}
+				if err := dev.Publish(ctx(t), "d/sensor-9/t", 1, false, []byte("ok")); err != nil {
+					t.Fatalf("device publish after a refused newcomer named its client id: %v", err)
+				}
+				select {
+				case <-dev.Gone():
+					t.Fatal("the device's session ended")
+				default:
+				}
+			}
+			if st := a.MQTTSN().Stats(); st.Sessions != 1 {
+				t.Fatalf("sessions: %d, want 1", st.Sessions)
+			}
+		})
+	}
+}

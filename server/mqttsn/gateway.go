@@ -365,6 +365,14 @@ func (g *Gateway) warnOnce(from peer, err error) {
 
 // connect serves CONNECT: it resumes the device's session when it is
 // still open and CleanSession is not set, else starts a new one.
+//
+// A CONNECT from another principal (listener, identity or certificate)
+// with a client id in use does not end that id's session: the newcomer is
+// a challenger, which takes the id only once the broker has accepted it
+// (the broker then ends the old session's connection, a takeover, and the
+// old device is told DISCONNECT). Ending the old session first let any
+// peer that could send a datagram, anonymous or refused, disconnect a
+// device by naming its client id.
 func (g *Gateway) connect(from peer, c *packet.Connect) {
 	g.mu.Lock()
 	if g.closed {
@@ -375,25 +383,43 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 	old := g.byID[c.ClientID]
 	g.mu.Unlock()
 	if cur != nil && cur != old {
+		if cur.clientID == c.ClientID && cur.reconnect(from, c) {
+			return // a challenger's CONNECT again, while the broker decides
+		}
 		cur.end(endReplaced) // another client id from this address
 	}
+	challenger := false
 	if old != nil {
 		if old.reconnect(from, c) {
 			return
 		}
-		old.end(endReplaced)
-		g.release(old.currentPeer(), from)
+		if old.samePrincipal(from) {
+			old.end(endReplaced)
+			g.release(old.currentPeer(), from)
+		} else {
+			challenger = true
+		}
 	}
 	s := newSession(g, from, c)
+	s.challenger = challenger
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
 		return
 	}
 	g.byPeer[from.key()] = s
-	g.byID[c.ClientID] = s
+	if !challenger {
+		g.byID[c.ClientID] = s
+	}
 	g.mu.Unlock()
 	s.start(c)
+}
+
+// claim gives s, a challenger the broker has accepted, its client id.
+func (g *Gateway) claim(s *session) {
+	g.mu.Lock()
+	g.byID[s.clientID] = s
+	g.mu.Unlock()
 }
 
 // wake serves PINGREQ with a client id: a sleeping device is awake until

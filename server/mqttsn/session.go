@@ -137,6 +137,9 @@ type session struct {
 	willRetain bool
 	willMsg    []byte
 	resuming   bool // will flow of a CONNECT that resumes an open session
+	// challenger: a session of another principal for a client id in use,
+	// which takes the id (Gateway.byID) only once the broker accepts it.
+	challenger bool
 
 	eng     *engineConn
 	reg     registry
@@ -503,6 +506,10 @@ func (s *session) onEngine(conn *engineConn, pk packets.Packet) {
 			return
 		}
 		if pk.ReasonCode < 0x80 {
+			if s.challenger {
+				s.challenger = false
+				s.g.claim(s)
+			}
 			if s.peer == nil { // the anonymous QoS -1 publisher
 				s.state = stActive
 				return
