@@ -56,7 +56,8 @@
 //     set afresh. A CONNECT from another principal is authenticated
 //     afresh and replaces the session only once the broker accepts it (the
 //     broker takes the client id over, and the old device gets
-//     DISCONNECT); refused, it leaves the session alone. With
+//     DISCONNECT, even if it was still connecting: the last accepted
+//     CONNECT wins); refused, it leaves the session alone. With
 //     CleanSession, or when no session is open, the broker
 //     session starts clean, or (without CleanSession) resumes the broker's
 //     persistent session: subscriptions and the QoS 1/2 messages queued

@@ -416,3 +416,168 @@ func TestDTLSClientIDTakenOnlyByAnAcceptedNewcomer(t *testing.T) {
 		})
 	}
 }
+
+// runUDPAndDTLS runs a node with both MQTT-SN listeners, anonymous
+// devices allowed (on loopback), and a DTLS certificate.
+func runUDPAndDTLS(t *testing.T) (*app.App, pki) {
+	t.Helper()
+	pk := newPKI(t)
+	a := runSN(t, func(c *app.Config) {
+		c.MQTTSN.DTLSListen = "127.0.0.1:0"
+		c.MQTTSN.CertFile, c.MQTTSN.KeyFile, c.MQTTSN.ClientCAFile = pk.serverCert, pk.serverKey, pk.caFile
+	})
+	return a, pk
+}
+
+// TestAcceptedChallengerEndsASessionStillConnecting: the session that
+// holds a client id, still in its will flow (unknown to the broker), ends
+// when a device of another principal is accepted under that id: the last
+// accepted CONNECT wins, as in MQTT. Left alone, it connected later, took
+// the id back from the newcomer at the broker and, when the newcomer's
+// session ended, was live without its client id: no PINGREQ wake-up, not
+// counted, and not ended by the gateway's Close, which then hung.
+func TestAcceptedChallengerEndsASessionStillConnecting(t *testing.T) {
+	a, pk := runUDPAndDTLS(t)
+	x := newRaw(t, a.Addr(mqttsn.ListenerUDP))
+	x.send(&packet.Connect{Flags: packet.Flags{CleanSession: true, Will: true}, Duration: 60, ClientID: "dev"})
+	if p := x.recv(); !isType[*packet.WillTopicReq](p) {
+		t.Fatalf("got %#v, want WILLTOPICREQ", p)
+	}
+	y, err := dialDTLS(t, a, client.Options{ClientID: "dev", CleanSession: true,
+		DTLS: &client.DTLS{RootCAs: pk.pool, ServerName: "localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := y.Connect(ctx(t)); err != nil {
+		t.Fatalf("challenger connect: %v", err)
+	}
+	if p := x.recv(); !isType[*packet.Disconnect](p) {
+		t.Fatalf("the session still in its will flow got %#v, want DISCONNECT", p)
+	}
+	x.send(&packet.WillTopic{Topic: "w/dev"})
+	if p := x.recv(); !isType[*packet.Disconnect](p) {
+		t.Fatalf("its will flow went on: got %#v, want DISCONNECT", p)
+	}
+	if err := y.Ping(ctx(t)); err != nil {
+		t.Fatalf("the newcomer's session: %v", err)
+	}
+	if n := a.MQTTSN().Stats().Sessions; n != 1 {
+		t.Fatalf("sessions: %d, want 1", n)
+	}
+	stop, cancel := context.WithTimeout(context.Background(), apptest.Wait)
+	defer cancel()
+	if err := a.MQTTSN().Close(stop); err != nil {
+		t.Fatalf("gateway close: %v", err)
+	}
+	select {
+	case <-y.Gone():
+	case <-time.After(apptest.Wait):
+		t.Fatal("the newcomer was not told DISCONNECT on close")
+	}
+}
+
+// TestCloseEndsChallengers: a challenger (a device of another principal
+// naming a client id in use, not yet accepted by the broker) is ended by
+// the gateway's Close like every other session: told DISCONNECT in its
+// will flow, and ended while its broker CONNECT is under way, where Close
+// used to wait for it until its deadline.
+func TestCloseEndsChallengers(t *testing.T) {
+	pk := newPKI(t)
+	for round := range 10 {
+		a := runSN(t, func(c *app.Config) {
+			c.MQTTSN.DTLSListen = "127.0.0.1:0"
+			c.MQTTSN.CertFile, c.MQTTSN.KeyFile, c.MQTTSN.ClientCAFile = pk.serverCert, pk.serverKey, pk.caFile
+		})
+		holder, err := dialDTLS(t, a, client.Options{ClientID: "dev", CleanSession: true,
+			DTLS: &client.DTLS{RootCAs: pk.pool, ServerName: "localhost"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := holder.Connect(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		b := newRaw(t, a.Addr(mqttsn.ListenerUDP)) // another listener: another principal
+		b.send(&packet.Connect{Flags: packet.Flags{CleanSession: true, Will: true}, Duration: 60, ClientID: "dev"})
+		if p := b.recv(); !isType[*packet.WillTopicReq](p) {
+			t.Fatalf("got %#v, want WILLTOPICREQ", p)
+		}
+		if round > 0 { // the first round closes during the will flow
+			b.send(&packet.WillTopic{Topic: "w/dev"})
+			b.recv()
+			b.send(&packet.WillMsg{Msg: []byte("bye")}) // the broker CONNECT starts
+			time.Sleep(time.Duration(round%5) * 200 * time.Microsecond)
+		}
+		stop, cancel := context.WithTimeout(context.Background(), apptest.Wait)
+		err = a.MQTTSN().Close(stop)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: gateway close: %v", round, err)
+		}
+		if round == 0 {
+			if p := b.recv(); !isType[*packet.Disconnect](p) {
+				t.Fatalf("the challenger in its will flow got %#v on close, want DISCONNECT", p)
+			}
+		}
+		apptest.Stop(t, a)
+	}
+}
+
+// TestChallengerAndSamePrincipalRace: a device's session is replaced at
+// the same moment by a clean CONNECT from its own principal (which takes
+// the client id at once) and by a challenger of another principal (which
+// takes it when the broker accepts it). Whichever wins, a device whose
+// session is live holds the client id: a PINGREQ naming it is answered.
+// Before claim ended the session it replaced, the winner was now and then
+// live without it.
+func TestChallengerAndSamePrincipalRace(t *testing.T) {
+	a, pk := runUDPAndDTLS(t)
+	for i := range 20 {
+		id := fmt.Sprintf("dev-%d", i)
+		conn := &packet.Connect{Flags: packet.Flags{CleanSession: true}, Duration: 60, ClientID: id}
+		holder := newRaw(t, a.Addr(mqttsn.ListenerUDP))
+		holder.send(conn)
+		holder.recv()
+		b, err := dialDTLS(t, a, client.Options{ClientID: id, DTLS: &client.DTLS{RootCAs: pk.pool, ServerName: "localhost"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, err := packet.Encode(conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again := newRaw(t, a.Addr(mqttsn.ListenerUDP)) // the holder's principal: UDP, no identity
+		if i%2 == 0 {
+			_ = b.SendRaw(enc)
+			again.send(conn)
+		} else {
+			again.send(conn)
+			_ = b.SendRaw(enc)
+		}
+		time.Sleep(200 * time.Millisecond)
+		again.send(&packet.Pingreq{})
+		alive := false
+	answers:
+		for {
+			switch again.recv().(type) {
+			case *packet.Pingresp:
+				alive = true
+				break answers
+			case *packet.Disconnect:
+				break answers
+			}
+		}
+		if alive {
+			again.send(&packet.Pingreq{ClientID: id})
+			if p := again.recv(); !isType[*packet.Pingresp](p) {
+				t.Fatalf("round %d: a live session without its client id: PINGREQ naming it got %#v", i, p)
+			}
+		}
+		b.Close()
+	}
+}
+
+// isType reports whether p is a T.
+func isType[T packet.Packet](p packet.Packet) bool {
+	_, ok := p.(T)
+	return ok
+}

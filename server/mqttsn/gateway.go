@@ -43,9 +43,18 @@ type Gateway struct {
 	dtls    net.Listener
 	advAddr *net.UDPAddr
 
+	// connectMu serialises CONNECTs, so two for one client id (from the
+	// UDP listener and a DTLS association, each with its own reader) see
+	// each other's session.
+	connectMu sync.Mutex
+
 	mu     sync.Mutex // a leaf lock: nothing else is locked while it is held
 	byPeer map[string]*session
 	byID   map[string]*session
+	// live holds every session not yet forgotten, including a challenger
+	// (in byPeer only, until the broker accepts it) and one whose address
+	// another session took: Close ends them all.
+	live   map[*session]struct{}
 	anon   map[string]*session   // listener -> publisher of QoS -1 messages from devices without a session
 	warned map[string]struct{}   // peers already logged for a malformed datagram
 	assocs map[net.Conn]struct{} // DTLS associations being served, closed by Close
@@ -90,7 +99,7 @@ func New(broker Broker, opts Options) (*Gateway, error) {
 	}
 	g := &Gateway{
 		opts: opts, broker: broker, log: opts.Logger.With().Str("component", "mqttsn").Logger(),
-		predef: map[string]uint16{}, byPeer: map[string]*session{}, byID: map[string]*session{},
+		predef: map[string]uint16{}, byPeer: map[string]*session{}, byID: map[string]*session{}, live: map[*session]struct{}{},
 		anon: map[string]*session{}, warned: map[string]struct{}{}, closing: make(chan struct{}),
 	}
 	for id, name := range opts.Predefined {
@@ -182,13 +191,7 @@ func (g *Gateway) Close(ctx context.Context) error {
 	}
 	g.closed = true
 	close(g.closing)
-	var all []*session
-	for _, s := range g.byID {
-		all = append(all, s)
-	}
-	for _, s := range g.anon {
-		all = append(all, s)
-	}
+	all := slices.Collect(maps.Keys(g.live))
 	g.mu.Unlock()
 	for _, s := range all {
 		s.end(endShutdown)
@@ -374,6 +377,8 @@ func (g *Gateway) warnOnce(from peer, err error) {
 // peer that could send a datagram, anonymous or refused, disconnect a
 // device by naming its client id.
 func (g *Gateway) connect(from peer, c *packet.Connect) {
+	g.connectMu.Lock()
+	defer g.connectMu.Unlock()
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
@@ -408,6 +413,7 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 		return
 	}
 	g.byPeer[from.key()] = s
+	g.live[s] = struct{}{}
 	if !challenger {
 		g.byID[c.ClientID] = s
 	}
@@ -415,11 +421,20 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 	s.start(c)
 }
 
-// claim gives s, a challenger the broker has accepted, its client id.
+// claim gives s, a challenger the broker has accepted, its client id. The
+// session that had it ends, as after a takeover by the broker: the
+// broker's takeover ends it anyway when it is connected, but one still
+// in its will flow or waiting for its CONNACK is not known to the broker
+// yet, and would otherwise connect later, take the id back, and be left
+// out of byID when the challenger ends.
 func (g *Gateway) claim(s *session) {
 	g.mu.Lock()
+	prev := g.byID[s.clientID]
 	g.byID[s.clientID] = s
 	g.mu.Unlock()
+	if prev != nil && prev != s {
+		go prev.end(endBroker) // not under s.mu: prev may be claiming too
+	}
 }
 
 // wake serves PINGREQ with a client id: a sleeping device is awake until
@@ -469,6 +484,7 @@ func (g *Gateway) release(old, now peer) {
 func (g *Gateway) forget(s *session) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	delete(g.live, s)
 	if s.peer != nil && g.byPeer[s.peer.key()] == s {
 		delete(g.byPeer, s.peer.key())
 	}
@@ -510,6 +526,7 @@ func (g *Gateway) publishMinusOne(from peer, m *packet.Publish) {
 		a = newSession(g, nil, &packet.Connect{ClientID: "mqttsn-anon-" + hex.EncodeToString(rnd[:]), Flags: packet.Flags{CleanSession: true}})
 		a.lst, a.ident = from.listener(), from.identity()
 		g.anon[key] = a
+		g.live[a] = struct{}{}
 		g.mu.Unlock()
 		a.start(&packet.Connect{Flags: packet.Flags{CleanSession: true}})
 	} else {
