@@ -56,8 +56,9 @@
 //     set afresh. A CONNECT from another principal is authenticated
 //     afresh and replaces the session only once the broker accepts it (the
 //     broker takes the client id over, and the old device gets
-//     DISCONNECT, even if it was still connecting: the last accepted
-//     CONNECT wins); refused, it leaves the session alone. With
+//     DISCONNECT; one still in its will flow is told at once): the last
+//     CONNECT the broker accepts wins. Refused, it leaves the session
+//     alone. With
 //     CleanSession, or when no session is open, the broker
 //     session starts clean, or (without CleanSession) resumes the broker's
 //     persistent session: subscriptions and the QoS 1/2 messages queued

@@ -12,11 +12,15 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/colonymq/colony/app"
 	"github.com/colonymq/colony/app/apptest"
@@ -580,4 +584,76 @@ func TestChallengerAndSamePrincipalRace(t *testing.T) {
 func isType[T packet.Packet](p packet.Packet) bool {
 	_, ok := p.(T)
 	return ok
+}
+
+// slowBroker delays the first broker connection of the plain UDP
+// listener, as a slow authenticator or a starved engine goroutine would:
+// the session's CONNECT is in its engine connection, not yet read.
+type slowBroker struct {
+	mqttsn.Broker
+	delay time.Duration
+	done  atomic.Bool
+}
+
+func (b *slowBroker) ServeConn(l string, c net.Conn, id string) error {
+	if l == mqttsn.ListenerUDP && b.done.CompareAndSwap(false, true) {
+		time.Sleep(b.delay)
+	}
+	return b.Broker.ServeConn(l, c, id)
+}
+
+// TestSessionConnectingWhenAChallengerIsAccepted: a device's CONNECT is on
+// its way to the broker (slowly: a slow authenticator) when a device of
+// another principal is accepted under the same client id. The broker
+// accepts the first one after, and takes the id over from the newcomer:
+// the last CONNECT the broker accepts wins, and holds the client id. The
+// gateway used to end the first session when the newcomer was accepted;
+// its CONNECT still reached the broker, which took the id from the
+// newcomer, and both devices were told DISCONNECT: nobody held the id.
+func TestSessionConnectingWhenAChallengerIsAccepted(t *testing.T) {
+	a, pk := runUDPAndDTLS(t)
+	g, err := mqttsn.New(&slowBroker{Broker: a.Server(), delay: time.Second}, mqttsn.Options{
+		Listen: "127.0.0.1:0", DTLSListen: "127.0.0.1:0", RetryInterval: retry, MaxRetries: 10,
+		CertFile: pk.serverCert, KeyFile: pk.serverKey, Logger: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, cancel := context.WithTimeout(context.Background(), apptest.Wait)
+		defer cancel()
+		_ = g.Close(c)
+	})
+	x := newRaw(t, g.Addr(mqttsn.ListenerUDP))
+	x.send(&packet.Connect{Flags: packet.Flags{CleanSession: true}, Duration: 60, ClientID: "dev"})
+	time.Sleep(50 * time.Millisecond) // x's session is waiting for the broker
+	y, err := client.Dial(ctx(t), g.Addr(mqttsn.ListenerDTLS), client.Options{ClientID: "dev", CleanSession: true,
+		RetryInterval: retry, MaxRetries: 10, DTLS: &client.DTLS{RootCAs: pk.pool, ServerName: "localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer y.Close()
+	if err := y.Connect(ctx(t)); err != nil { // accepted while x's CONNECT waits
+		t.Fatalf("challenger connect: %v", err)
+	}
+	// x's CONNECT reaches the broker after y's: x is accepted, y is taken
+	// over, and x holds the client id.
+	if p := x.recv(); !isType[*packet.Connack](p) || p.(*packet.Connack).ReturnCode != packet.Accepted {
+		t.Fatalf("the first device got %#v, want CONNACK accepted", p)
+	}
+	select {
+	case <-y.Gone():
+	case <-time.After(apptest.Wait):
+		t.Fatal("the newcomer was not told that the client id was taken over")
+	}
+	x.send(&packet.Pingreq{ClientID: "dev"})
+	if p := x.recv(); !isType[*packet.Pingresp](p) {
+		t.Fatalf("PINGREQ naming the client id from its holder got %#v", p)
+	}
+	if n := g.Stats().Sessions; n != 1 {
+		t.Fatalf("sessions: %d, want 1", n)
+	}
 }

@@ -406,7 +406,6 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 		}
 	}
 	s := newSession(g, from, c)
-	s.challenger = challenger
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
@@ -421,19 +420,19 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 	s.start(c)
 }
 
-// claim gives s, a challenger the broker has accepted, its client id. The
-// session that had it ends, as after a takeover by the broker: the
-// broker's takeover ends it anyway when it is connected, but one still
-// in its will flow or waiting for its CONNACK is not known to the broker
-// yet, and would otherwise connect later, take the id back, and be left
-// out of byID when the challenger ends.
+// claim gives s, a session the broker has just accepted, its client id:
+// byID follows the order in which the broker accepted CONNECTs, as the
+// broker's own takeovers do. A session that held the id and had sent its
+// CONNECT to the broker is the broker's to end (taken over, or taking the
+// id back later, when it claims again); one still in its will flow has
+// not, and would connect later and take the id from s, so it ends now.
 func (g *Gateway) claim(s *session) {
 	g.mu.Lock()
 	prev := g.byID[s.clientID]
 	g.byID[s.clientID] = s
 	g.mu.Unlock()
 	if prev != nil && prev != s {
-		go prev.end(endBroker) // not under s.mu: prev may be claiming too
+		go prev.endBeforeConnect() // not under s.mu: prev may be claiming too
 	}
 }
 

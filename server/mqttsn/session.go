@@ -137,9 +137,6 @@ type session struct {
 	willRetain bool
 	willMsg    []byte
 	resuming   bool // will flow of a CONNECT that resumes an open session
-	// challenger: a session of another principal for a client id in use,
-	// which takes the id (Gateway.byID) only once the broker accepts it.
-	challenger bool
 
 	eng     *engineConn
 	reg     registry
@@ -185,6 +182,9 @@ func (s *session) samePrincipal(from peer) bool {
 func (s *session) start(c *packet.Connect) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.state == stGone {
+		return // the gateway closed between making it and starting it
+	}
 	if c.Flags.Will {
 		s.state = stWillTopic
 		s.send(&packet.WillTopicReq{})
@@ -313,6 +313,17 @@ func (s *session) currentPeer() peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.peer
+}
+
+// endBeforeConnect ends the session if its CONNECT has not gone to the
+// broker yet (it is in its will flow): another CONNECT of its client id
+// has been accepted.
+func (s *session) endBeforeConnect() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == stWillTopic || s.state == stWillMsg {
+		s.endLocked(endBroker)
+	}
 }
 
 func (s *session) end(kind endKind) {
@@ -506,14 +517,11 @@ func (s *session) onEngine(conn *engineConn, pk packets.Packet) {
 			return
 		}
 		if pk.ReasonCode < 0x80 {
-			if s.challenger {
-				s.challenger = false
-				s.g.claim(s)
-			}
 			if s.peer == nil { // the anonymous QoS -1 publisher
 				s.state = stActive
 				return
 			}
+			s.g.claim(s)
 			s.activate()
 			return
 		}
