@@ -557,23 +557,36 @@ func TestChallengerAndSamePrincipalRace(t *testing.T) {
 			again.send(conn)
 			_ = b.SendRaw(enc)
 		}
-		time.Sleep(200 * time.Millisecond)
-		again.send(&packet.Pingreq{})
-		alive := false
-	answers:
-		for {
-			switch again.recv().(type) {
-			case *packet.Pingresp:
-				alive = true
-				break answers
-			case *packet.Disconnect:
-				break answers
+		// Until the broker has settled who holds the id (under load the
+		// answers can take a while), a live session may be waiting for
+		// its CONNACK; a settled one that is live must hold the id.
+		answer := func() packet.Packet { // the next PINGRESP or DISCONNECT; nil: none (still connecting)
+			for {
+				p, ok := again.recvWithin(100 * time.Millisecond)
+				switch p.(type) {
+				case *packet.Pingresp, *packet.Disconnect:
+					return p
+				}
+				if !ok {
+					return nil
+				}
 			}
 		}
-		if alive {
+		for deadline := time.Now().Add(apptest.Wait); ; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: a live session without its client id: a PINGREQ naming it is not answered PINGRESP", i)
+			}
+			again.send(&packet.Pingreq{})
+			p := answer()
+			if isType[*packet.Disconnect](p) {
+				break // its session is gone
+			}
+			if p == nil {
+				continue // waiting for its CONNACK
+			}
 			again.send(&packet.Pingreq{ClientID: id})
-			if p := again.recv(); !isType[*packet.Pingresp](p) {
-				t.Fatalf("round %d: a live session without its client id: PINGREQ naming it got %#v", i, p)
+			if isType[*packet.Pingresp](answer()) {
+				break // live, and holds the id
 			}
 		}
 		b.Close()

@@ -54,7 +54,13 @@ type Gateway struct {
 	// live holds every session not yet forgotten, including a challenger
 	// (in byPeer only, until the broker accepts it) and one whose address
 	// another session took: Close ends them all.
-	live   map[*session]struct{}
+	live map[*session]struct{}
+	// named lists the live sessions of each client id (usually one; more
+	// while a CONNECT replaces another), and claims numbers the broker's
+	// acceptances: when the session holding an id ends, the last one
+	// accepted of those left takes the id (forget).
+	named  map[string][]*session
+	claims uint64
 	anon   map[string]*session   // listener -> publisher of QoS -1 messages from devices without a session
 	warned map[string]struct{}   // peers already logged for a malformed datagram
 	assocs map[net.Conn]struct{} // DTLS associations being served, closed by Close
@@ -99,7 +105,7 @@ func New(broker Broker, opts Options) (*Gateway, error) {
 	}
 	g := &Gateway{
 		opts: opts, broker: broker, log: opts.Logger.With().Str("component", "mqttsn").Logger(),
-		predef: map[string]uint16{}, byPeer: map[string]*session{}, byID: map[string]*session{}, live: map[*session]struct{}{},
+		predef: map[string]uint16{}, byPeer: map[string]*session{}, byID: map[string]*session{}, live: map[*session]struct{}{}, named: map[string][]*session{},
 		anon: map[string]*session{}, warned: map[string]struct{}{}, closing: make(chan struct{}),
 	}
 	for id, name := range opts.Predefined {
@@ -413,6 +419,7 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 	}
 	g.byPeer[from.key()] = s
 	g.live[s] = struct{}{}
+	g.named[c.ClientID] = append(g.named[c.ClientID], s)
 	if !challenger {
 		g.byID[c.ClientID] = s
 	}
@@ -428,6 +435,8 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 // not, and would connect later and take the id from s, so it ends now.
 func (g *Gateway) claim(s *session) {
 	g.mu.Lock()
+	g.claims++
+	s.claimed = g.claims
 	prev := g.byID[s.clientID]
 	g.byID[s.clientID] = s
 	g.mu.Unlock()
@@ -484,11 +493,29 @@ func (g *Gateway) forget(s *session) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.live, s)
+	if named := slices.DeleteFunc(g.named[s.clientID], func(o *session) bool { return o == s }); len(named) > 0 {
+		g.named[s.clientID] = named
+	} else {
+		delete(g.named, s.clientID)
+	}
 	if s.peer != nil && g.byPeer[s.peer.key()] == s {
 		delete(g.byPeer, s.peer.key())
 	}
 	if g.byID[s.clientID] == s {
 		delete(g.byID, s.clientID)
+		// The gateway sees CONNACKs in its sessions' own order, not
+		// always the broker's: the session the broker accepted last may
+		// have claimed the id before the one it took it over from, whose
+		// end is now. It takes the id back.
+		var next *session
+		for _, o := range g.named[s.clientID] {
+			if o.claimed > 0 && (next == nil || o.claimed > next.claimed) {
+				next = o
+			}
+		}
+		if next != nil {
+			g.byID[s.clientID] = next
+		}
 	}
 	for l, a := range g.anon {
 		if a == s {

@@ -2,6 +2,7 @@ package mqttsn_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -412,11 +413,24 @@ func (r *rawDevice) send(p packet.Packet) {
 
 func (r *rawDevice) recv() packet.Packet {
 	r.t.Helper()
+	p, ok := r.recvWithin(apptest.Wait)
+	if !ok {
+		r.t.Fatal("read: no datagram within the Wait")
+	}
+	return p
+}
+
+// recvWithin returns the next datagram, or false if none came within d.
+func (r *rawDevice) recvWithin(d time.Duration) (packet.Packet, bool) {
+	r.t.Helper()
 	buf := make([]byte, 2048)
-	if err := r.c.SetReadDeadline(time.Now().Add(apptest.Wait)); err != nil {
+	if err := r.c.SetReadDeadline(time.Now().Add(d)); err != nil {
 		r.t.Fatal(err)
 	}
 	n, err := r.c.Read(buf)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, false
+	}
 	if err != nil {
 		r.t.Fatalf("read: %v", err)
 	}
@@ -424,7 +438,7 @@ func (r *rawDevice) recv() packet.Packet {
 	if err != nil {
 		r.t.Fatalf("decode: %v", err)
 	}
-	return p
+	return p, true
 }
 
 // TestRetransmission: a device that does not answer gets the PUBLISH again

@@ -136,7 +136,8 @@ type session struct {
 	willQoS    byte
 	willRetain bool
 	willMsg    []byte
-	resuming   bool // will flow of a CONNECT that resumes an open session
+	resuming   bool   // will flow of a CONNECT that resumes an open session
+	claimed    uint64 // when the broker accepted it (Gateway.claims); 0: not yet. Guarded by Gateway.mu
 
 	eng     *engineConn
 	reg     registry

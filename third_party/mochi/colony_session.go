@@ -81,7 +81,7 @@ func (s *Server) ReleaseSession(cl *Client, resumed bool) (rec storage.Client, s
 		inflight = append(inflight, inboundState(id, at))
 	}
 	cl.ClearInflights()
-	s.Clients.Delete(cl.ID)
+	s.Clients.deleteIf(cl.ID, cl) // COLONY PATCH P48: not a connection that took the id meanwhile
 	s.hooks.OnClientExpired(cl)
 	// COLONY PATCH P43: taken over, by the other node: the will's hooks
 	// (sent below when the session ended) do not store it again here.
@@ -210,7 +210,9 @@ func (s *Server) AdoptSession(c storage.Client, subs []storage.Subscription, msg
 	for _, id := range unsent {
 		cl.State.Inflight.holdUnsent(id, nil)
 	}
+	unlock := s.lockClientID(cl.ID) // COLONY PATCH P48
 	s.Clients.Add(cl)
+	unlock()
 
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}}
 	codes := make([]byte, 0, len(subs))

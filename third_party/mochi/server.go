@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -160,6 +161,7 @@ type Server struct {
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
 	Refused      Refusals             // COLONY PATCH P15: what limits refused
+	idLocks      [64]sync.Mutex       // COLONY PATCH P48: see lockClientID
 }
 
 // loop contains interval tickers for the system events loop.
@@ -517,8 +519,12 @@ func (s *Server) connectClient(cl *Client, listener string) error {
 	cl.State.outbound.hold()
 	defer cl.State.outbound.release()
 
+	// COLONY PATCH P48: one client id's CONNECTs take over in turn; see
+	// lockClientID.
+	unlock := s.lockClientID(cl.ID)
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	unlock()
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
@@ -582,7 +588,9 @@ func (s *Server) serveClient(cl *Client, spawn SpawnFn, resumed bool) (err error
 	if expire && !cl.IsTakenOver() {
 		cl.ClearInflights()
 		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		// COLONY PATCH P48: only if still this client; a connection that
+		// took the id over just after the check above is in its place.
+		s.Clients.deleteIf(cl.ID, cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
 
 	return err
