@@ -162,6 +162,10 @@
 // still closing then, it keeps the session and answers with an empty
 // body), so the answer has time to arrive; one that still comes too late
 // is lost, logged and counted (colony_federation_sessions_lost_total).
+// Connections of one client id to one node claim in turn, so a second
+// finds the session the first adopted. A node that releases a session
+// while its client is reconnecting there ends that connection too, once
+// the engine has established it.
 // Messages published on a third
 // node between the old node's unbinding and the new node's binding (a
 // few milliseconds) miss the session, and a client that reconnects

@@ -175,8 +175,9 @@ type Broker interface {
 	HasSession(clientID string) bool
 	// ReleaseSession gives up a client's session for another node.
 	ReleaseSession(ctx context.Context, clientID string, keep bool) (*server.SessionState, error)
-	// AdoptSession installs a session another node released.
-	AdoptSession(st *server.SessionState)
+	// AdoptSession installs a session another node released; false if
+	// this node has a session for the id already.
+	AdoptSession(st *server.SessionState) bool
 	// RemoteUser reports a user online or offline on another node.
 	RemoteUser(node, userID string, online bool)
 }
@@ -211,7 +212,9 @@ type Federation struct {
 	ownersMu sync.Mutex
 	owners   map[string]*mqtt.Client              // client id -> engine client whose session is here
 	waiters  map[string]chan *server.SessionState // takeover correlation id -> waiting claim
-	corr     atomic.Uint64
+	// claimLocks serialise one client id's claims (striped by id).
+	claimLocks [64]sync.Mutex
+	corr       atomic.Uint64
 
 	dir       *directory    // users here and on the other nodes
 	usersDone chan struct{} // closed when usersLoop has returned
@@ -516,8 +519,10 @@ type Stats struct {
 	Malformed   uint64 // deliveries that were not federated messages (dropped)
 	Reconnects  uint64 // connections made by the background loop
 	Takeovers   uint64 // persistent sessions taken over from other nodes
-	// LateSessions counts sessions handed over after the takeover had
-	// given up waiting: lost, with their queued messages.
+	// LateSessions counts sessions handed over that could not be
+	// installed: after the takeover had given up waiting, or when a
+	// connection had started afresh here meanwhile. Lost, with their
+	// queued messages.
 	LateSessions uint64
 	Bindings     int // subscription bindings of the node's queue right now
 	Routes       int // user and client bindings of the node's queue right now (users connected, sessions held)

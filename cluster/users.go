@@ -193,7 +193,17 @@ func (f *Federation) untrack(cl *mqtt.Client) {
 func (f *Federation) claim(clientID string, keep bool) {
 	key, ok := ClientKey(clientID)
 	s := f.sess.Load()
-	if !ok || s == nil || f.broker.HasSession(clientID) {
+	if !ok || s == nil {
+		return
+	}
+	// Two connections of one client id here claim in turn: the second
+	// finds the session the first adopted (and takes it over locally).
+	// Side by side, the other node handed the session to one of them, and
+	// when that answer came after the other had started afresh, it was
+	// dropped with its queued messages.
+	unlock := f.lockClaim(clientID)
+	defer unlock()
+	if f.broker.HasSession(clientID) {
 		return
 	}
 	h := amqp091.Table{HeaderOrigin: f.opts.Node, HeaderType: TypeTakeover, HeaderClient: clientID}
@@ -232,7 +242,10 @@ func (f *Federation) claim(clientID string, keep bool) {
 		if st == nil {
 			return
 		}
-		f.broker.AdoptSession(st)
+		if !f.broker.AdoptSession(st) {
+			f.lostSession(st, "a connection started afresh here meanwhile")
+			return
+		}
 		refs := make([]subRef, 0, len(st.Subscriptions))
 		for _, sub := range st.Subscriptions {
 			refs = append(refs, subRef{client: clientID, filter: sub.Filter})
@@ -277,12 +290,29 @@ func (f *Federation) resolve(corr string, st *server.SessionState) {
 // lateSession reports a session handed over after its claim stopped
 // waiting (nil: an answer without one, nothing lost).
 func (f *Federation) lateSession(st *server.SessionState) {
+	f.lostSession(st, "handed over after the takeover wait: the client had started without it")
+}
+
+// lostSession logs and counts a session handed over here that could not be
+// installed (nil: none was, nothing lost).
+func (f *Federation) lostSession(st *server.SessionState, why string) {
 	if st == nil {
 		return
 	}
 	f.stats.lateSessions.Add(1)
 	f.log.Error().Str("client", st.Client.ID).Int("queued", len(st.Inflight)).Int("subscriptions", len(st.Subscriptions)).
-		Msg("federation: a session handed over after the takeover wait is lost: the client had started without it")
+		Str("why", why).Msg("federation: a session handed over is lost")
+}
+
+// lockClaim locks the stripe of clientID's claims and returns its unlock.
+func (f *Federation) lockClaim(clientID string) (unlock func()) {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(clientID); i++ {
+		h = (h ^ uint32(clientID[i])) * 16777619
+	}
+	mu := &f.claimLocks[h%uint32(len(f.claimLocks))]
+	mu.Lock()
+	return mu.Unlock
 }
 
 // control handles the user and session control messages; it reports false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
@@ -121,12 +122,26 @@ func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool)
 		return nil, nil
 	}
 	var gone <-chan struct{}
-	s.sessions.mu.Lock()
-	c, live := s.sessions.conns[clientID]
-	if live && c.cl == cl {
-		gone = c.done()
+	for {
+		s.sessions.mu.Lock()
+		c, live := s.sessions.conns[clientID]
+		if live && c.cl == cl {
+			gone = c.done()
+		}
+		s.sessions.mu.Unlock()
+		// A connection the engine has accepted but whose session is not
+		// established yet (its CONNACK on its way) is not listed yet: it
+		// is waited for, then ended like any other. Released at once, it
+		// stayed open without its session.
+		if gone != nil || cl.Net.Conn == nil || cl.Closed() {
+			break
+		}
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("release session %q: connection still being established: %w", clientID, ctx.Err())
+		}
 	}
-	s.sessions.mu.Unlock()
 	if gone != nil {
 		s.log.Info().Str("client", clientID).Msg("session taken over by another node")
 		if err := s.mq.DisconnectClient(cl, packets.ErrSessionTakenOver); err != nil && !errors.Is(err, packets.ErrSessionTakenOver) {
@@ -158,12 +173,16 @@ func (s *Server) ReleaseSession(ctx context.Context, clientID string, keep bool)
 // AdoptSession installs a session another node released, for the client
 // about to connect here with its id: the engine treats it like a session
 // restored from the store (CONNACK session present, queued messages
-// resent), and the store keeps it from now on.
-func (s *Server) AdoptSession(st *SessionState) {
+// resent), and the store keeps it from now on. It reports false, and
+// installs nothing, when this node already has a session for the id (a
+// connection started afresh here meanwhile): the caller must account for
+// the session's messages, which are then lost.
+func (s *Server) AdoptSession(st *SessionState) bool {
 	if st == nil || st.Client.ID == "" || s.HasSession(st.Client.ID) {
-		return
+		return false
 	}
 	s.mq.AdoptSession(st.Client, st.Subscriptions, st.Inflight, st.Unsent)
+	return true
 }
 
 // Sessions calls fn for every client session the engine holds, connected
