@@ -132,16 +132,18 @@
 //	push      key user.<uid> or client.<cid>; headers user or client, topic, qos;
 //	          body the payload. Each receiving node pushes to its own connections.
 //	kick      key user.<uid> or client.<cid>; headers user or client, reason.
-//	takeover  key client.<cid>, mandatory; header client; with clean=true the
-//	          holder drops the session (a clean start elsewhere), else reply_to
-//	          and correlation_id ask it to hand the session over, and wait_ms
-//	          (int64) says how long the asker waits for it.
+//	takeover  key client.<cid>, mandatory; headers client and wait_ms (int64:
+//	          how long the asker waits for the answer), reply_to and
+//	          correlation_id; with clean=true the holder drops the session (a
+//	          clean start elsewhere) and answers with an empty body once it has,
+//	          else it hands the session over. (A clean takeover without reply_to,
+//	          from an older node, is not answered.)
 //	session   the answer, sent to the asker's queue through the default
 //	          exchange with the correlation_id: the session as JSON (client,
 //	          subscriptions, inflight: the records the store keeps; unsent:
 //	          the packet ids of the inflight messages never sent to the
 //	          client, which go out without DUP), or an empty body when the
-//	          node had none to give.
+//	          node had none to give (or dropped it).
 //
 // When a client connects (after authentication, before the engine looks
 // for its session) to a node that does not hold its session, the node
@@ -156,7 +158,9 @@
 // moves with the session, and the resuming connection cancels it; after a
 // clean start the old node publishes it at once, as the session ended.
 // The connecting client waits at most Options.TakeoverWait for the
-// answer. The holder gives a session up for a takeover that waits for it
+// answer, after a clean start too (until the old node has dropped the
+// session, so that a reconnection there does not find it). Two takeovers
+// of one client release in turn. The holder gives a session up for a takeover that waits for it
 // only within three quarters of the shorter of its own TakeoverWait and
 // wait_ms (its old connection
 // still closing then, it keeps the session and answers with an empty

@@ -212,9 +212,10 @@ type Federation struct {
 	ownersMu sync.Mutex
 	owners   map[string]*mqtt.Client              // client id -> engine client whose session is here
 	waiters  map[string]chan *server.SessionState // takeover correlation id -> waiting claim
-	// claimLocks serialise one client id's claims (striped by id).
-	claimLocks [64]sync.Mutex
-	corr       atomic.Uint64
+	// claimLocks and releaseLocks serialise one client id's claims, and
+	// its releases (striped by id).
+	claimLocks, releaseLocks [64]sync.Mutex
+	corr                     atomic.Uint64
 
 	dir       *directory    // users here and on the other nodes
 	usersDone chan struct{} // closed when usersLoop has returned

@@ -208,11 +208,12 @@ func (f *Federation) claim(clientID string, keep bool) {
 	}
 	h := amqp091.Table{HeaderOrigin: f.opts.Node, HeaderType: TypeTakeover, HeaderClient: clientID}
 	if !keep {
+		// A clean start waits too, for the other node to have ended the
+		// session: told and not waited for, it still had the session when
+		// the client, CONNACKed here, reconnected there, which gave the
+		// client the ended session back, or the late takeover then closed
+		// that newest connection.
 		h[HeaderClean] = true
-		if err := s.publish(f.msgEx, key, amqp091.Publishing{Headers: h}); err != nil {
-			f.log.Debug().Err(err).Str("client", clientID).Msg("federation: takeover not sent")
-		}
-		return
 	}
 	h[HeaderWait] = f.opts.TakeoverWait.Milliseconds()
 	corr := strconv.FormatUint(f.corr.Add(1), 36)
@@ -239,7 +240,7 @@ func (f *Federation) claim(clientID string, keep bool) {
 	defer tm.Stop()
 	select {
 	case st := <-ch:
-		if st == nil {
+		if st == nil || !keep {
 			return
 		}
 		if !f.broker.AdoptSession(st) {
@@ -306,13 +307,28 @@ func (f *Federation) lostSession(st *server.SessionState, why string) {
 
 // lockClaim locks the stripe of clientID's claims and returns its unlock.
 func (f *Federation) lockClaim(clientID string) (unlock func()) {
-	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(clientID); i++ {
-		h = (h ^ uint32(clientID[i])) * 16777619
-	}
-	mu := &f.claimLocks[h%uint32(len(f.claimLocks))]
+	mu := &f.claimLocks[stripe(clientID, len(f.claimLocks))]
 	mu.Lock()
 	return mu.Unlock
+}
+
+// lockRelease locks the stripe of clientID's releases and returns its
+// unlock. Claims and releases have stripes of their own: a node claiming
+// a client id while another claims it from this node must not wait for
+// its own claim to release.
+func (f *Federation) lockRelease(clientID string) (unlock func()) {
+	mu := &f.releaseLocks[stripe(clientID, len(f.releaseLocks))]
+	mu.Lock()
+	return mu.Unlock
+}
+
+// stripe maps id to one of n stripes (FNV-1a).
+func stripe(id string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return int(h % uint32(n))
 }
 
 // control handles the user and session control messages; it reports false
@@ -360,8 +376,8 @@ func (s *session) control(d *amqp091.Delivery) bool {
 		// Releasing waits for the old connection to close: not on the
 		// consumer, which would hold up every other delivery.
 		s.bg.Add(1)
-		budget := f.opts.TakeoverWait // a clean start elsewhere: nobody waits for an answer
-		if !clean {
+		budget := f.opts.TakeoverWait // a clean start on an older node: nobody waits for an answer
+		if !clean || d.ReplyTo != "" {
 			budget = releaseBudget(f.opts.TakeoverWait, time.Duration(wait)*time.Millisecond)
 		}
 		go s.release(client, !clean, d.ReplyTo, d.CorrelationId, origin, budget)
@@ -400,11 +416,15 @@ func (s *session) release(clientID string, keep bool, replyTo, corr, to string, 
 	f := s.f
 	ctx, cancel := context.WithTimeout(f.life, budget)
 	defer cancel()
+	// Two takeovers of one client (from two nodes, or a resume and a
+	// clean start) release in turn: the second finds nothing to release.
+	unlock := f.lockRelease(clientID)
 	st, err := f.broker.ReleaseSession(ctx, clientID, keep)
+	unlock()
 	if err != nil {
 		f.log.Warn().Err(err).Str("client", clientID).Str("to", to).Msg("federation: session not handed over")
 	}
-	if !keep || replyTo == "" {
+	if replyTo == "" {
 		return
 	}
 	msg := amqp091.Publishing{Headers: amqp091.Table{HeaderOrigin: f.opts.Node, HeaderType: TypeSession}, CorrelationId: corr}

@@ -130,3 +130,64 @@ func TestTwoConnectionsToOneNodeAtOnce(t *testing.T) {
 		t.Fatalf("of 20 rounds, %d lost an acknowledged QoS 1 message, %d left both connections open", bad, both)
 	}
 }
+
+// TestBackAfterCleanStartElsewhere: node a holds a client's persistent
+// session (away, a QoS 1 message queued). The client connects to node b
+// with clean start, which ends that session, gets its CONNACK, and then
+// connects to node a resuming. It must not get the ended session back
+// (session present, its queued message), and its newest connection, on a,
+// must stay up. Node b told node a of the clean start without waiting for
+// it, so a still had the session (5 of 10 rounds in review), or its late
+// takeover closed the newest connection.
+func TestBackAfterCleanStartElsewhere(t *testing.T) {
+	c := newCluster(t)
+	a, b := c.node("a"), c.node("b")
+	pub, _ := client(t, a, "bc-pub")
+	bad := 0
+	for round := range 10 {
+		id := fmt.Sprintf("bc-%d", round)
+		gone := leaving(t, a, id)
+		time.Sleep(200 * time.Millisecond)
+		before := a.Federation().Stats().Routes
+		p, r, _, err := rawConnect311(a.Addr("mqtt"), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub := append([]byte{0, 1, 0, byte(len("bc/" + id))}, "bc/"+id...)
+		sub = append(sub, 1)
+		apptest.RawExchange(t, p, r, apptest.RawStep{Send: append([]byte{0x82, byte(len(sub))}, sub...), Want: []byte{0x90, 3, 0, 1, 1}})
+		routes(t, a, before+1)
+		p.Close()
+		apptest.Next(t, gone)
+		publish(t, pub, "bc/"+id, 1, false, "queued")
+
+		// Clean start on b (MQTT 3.1.1, clean session 1).
+		cb, err := net.DialTimeout("tcp", b.Addr("mqtt"), apptest.Wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, byte(len(id))}, id...)
+		if _, err := cb.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
+			t.Fatal(err)
+		}
+		rb := bufio.NewReader(cb)
+		if typ, _, err := apptest.ReadRawPacket(rb, nil); err != nil || typ != 0x20 {
+			t.Fatalf("connack on b: %x %v", typ, err)
+		}
+		cb.Close()
+		// Back to a, resuming.
+		ca, ra, present, err := rawConnect311(a.Addr("mqtt"), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, open := drain(ca, ra)
+		if present || len(got) > 0 || !open {
+			bad++
+			t.Logf("round %d: on a present %v got %v open %v", round, present, got, open)
+		}
+		ca.Close()
+	}
+	if bad > 0 {
+		t.Fatalf("%d of 10 rounds: the connection after a clean start got the ended session or was closed", bad)
+	}
+}
