@@ -393,11 +393,13 @@ func (s *session) publishWill() {
 	if s.willQoS > 0 {
 		pk.PacketID = s.nextPID()
 	}
-	if err := s.eng.push(pk); err != nil {
-		s.g.log.Warn().Err(err).Str("client", s.clientID).Msg("will not published")
-		return
-	}
+	// Counted first: the engine may deliver it before push returns, and
+	// whoever got it may look at the counters.
 	s.g.st.wills.Add(1)
+	if err := s.eng.push(pk); err != nil {
+		s.g.st.wills.Add(-1)
+		s.g.log.Warn().Err(err).Str("client", s.clientID).Msg("will not published")
+	}
 }
 
 // handle serves a datagram from the device.
