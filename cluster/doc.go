@@ -174,6 +174,10 @@
 // node between the old node's unbinding and the new node's binding (a
 // few milliseconds) miss the session, and a client that reconnects
 // elsewhere before its first node has bound its key is not found there.
+// A client connecting to the node holding its session and to another at
+// the same moment can stay connected on both: the holder, seeing its own
+// session, does not claim, and the other node's takeover may take the
+// session before the holder's new connection inherits it.
 //
 // Every node also tells the others which users have connections on it,
 // so that each gateway can report users online elsewhere to its modules
