@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"strconv"
 	"strings"
 	"time"
@@ -322,14 +323,10 @@ func (f *Federation) lockRelease(clientID string) (unlock func()) {
 	return mu.Unlock
 }
 
-// stripe maps id to one of n stripes (FNV-1a).
-func stripe(id string, n int) int {
-	h := uint32(2166136261)
-	for i := 0; i < len(id); i++ {
-		h = (h ^ uint32(id[i])) * 16777619
-	}
-	return int(h % uint32(n))
-}
+var stripeSeed = maphash.MakeSeed()
+
+// stripe maps id to one of n stripes.
+func stripe(id string, n int) int { return int(maphash.String(stripeSeed, id) % uint64(n)) }
 
 // control handles the user and session control messages; it reports false
 // for deliveries of other kinds.
@@ -377,7 +374,7 @@ func (s *session) control(d *amqp091.Delivery) bool {
 		// consumer, which would hold up every other delivery.
 		s.bg.Add(1)
 		budget := f.opts.TakeoverWait // a clean start on an older node: nobody waits for an answer
-		if !clean || d.ReplyTo != "" {
+		if d.ReplyTo != "" {
 			budget = releaseBudget(f.opts.TakeoverWait, time.Duration(wait)*time.Millisecond)
 		}
 		go s.release(client, !clean, d.ReplyTo, d.CorrelationId, origin, budget)

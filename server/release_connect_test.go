@@ -13,9 +13,6 @@ import (
 	"github.com/colonymq/colony/server"
 )
 
-// connackFire runs fire once, in the connection's goroutine, right after
-// the CONNACK of client id was written: the connection is in the engine
-// (Clients) but its OnSessionEstablished has not run yet.
 // connackFire calls fire (once, when armed) as the engine sends client
 // id's CONNACK: the connection is in the engine's client list, and its
 // session is not established (OnSessionEstablished) yet.
@@ -34,11 +31,6 @@ func (h *connackFire) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte)
 	}
 }
 
-// TestReviewReleaseDuringConnect: another node's takeover (ReleaseSession)
-// arrives while a connection resuming the session here is between its
-// CONNACK and OnSessionEstablished. Either the connection is closed (the
-// session moves) or the session stays here; it must not be handed over
-// while the connection stays open here, connected without a session.
 // TestReleaseWhileTheClientConnects: another node takes a persistent
 // session over (ReleaseSession) just as its client reconnects here, its
 // CONNACK on the way. The release must end that connection too, as it

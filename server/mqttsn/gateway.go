@@ -51,14 +51,12 @@ type Gateway struct {
 	mu     sync.Mutex // a leaf lock: nothing else is locked while it is held
 	byPeer map[string]*session
 	byID   map[string]*session
-	// live holds every session not yet forgotten, including a challenger
-	// (in byPeer only, until the broker accepts it) and one whose address
-	// another session took: Close ends them all.
-	live map[*session]struct{}
-	// named lists the live sessions of each client id (usually one; more
-	// while a CONNECT replaces another), and claims numbers the broker's
-	// acceptances: when the session holding an id ends, the last one
-	// accepted of those left takes the id (forget).
+	// named lists the sessions of each client id not yet forgotten
+	// (usually one; more while a CONNECT replaces another), challengers
+	// and sessions whose address another took included: with anon, every
+	// session Close ends. claims numbers the broker's acceptances: when
+	// the session holding an id ends, the last one accepted of those left
+	// takes the id (forget).
 	named  map[string][]*session
 	claims uint64
 	anon   map[string]*session   // listener -> publisher of QoS -1 messages from devices without a session
@@ -105,7 +103,7 @@ func New(broker Broker, opts Options) (*Gateway, error) {
 	}
 	g := &Gateway{
 		opts: opts, broker: broker, log: opts.Logger.With().Str("component", "mqttsn").Logger(),
-		predef: map[string]uint16{}, byPeer: map[string]*session{}, byID: map[string]*session{}, live: map[*session]struct{}{}, named: map[string][]*session{},
+		predef: map[string]uint16{}, byPeer: map[string]*session{}, byID: map[string]*session{}, named: map[string][]*session{},
 		anon: map[string]*session{}, warned: map[string]struct{}{}, closing: make(chan struct{}),
 	}
 	for id, name := range opts.Predefined {
@@ -197,7 +195,11 @@ func (g *Gateway) Close(ctx context.Context) error {
 	}
 	g.closed = true
 	close(g.closing)
-	all := slices.Collect(maps.Keys(g.live))
+	var all []*session
+	for _, ss := range g.named {
+		all = append(all, ss...)
+	}
+	all = slices.AppendSeq(all, maps.Values(g.anon))
 	g.mu.Unlock()
 	for _, s := range all {
 		s.end(endShutdown)
@@ -418,7 +420,6 @@ func (g *Gateway) connect(from peer, c *packet.Connect) {
 		return
 	}
 	g.byPeer[from.key()] = s
-	g.live[s] = struct{}{}
 	g.named[c.ClientID] = append(g.named[c.ClientID], s)
 	if !challenger {
 		g.byID[c.ClientID] = s
@@ -492,7 +493,6 @@ func (g *Gateway) release(old, now peer) {
 func (g *Gateway) forget(s *session) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	delete(g.live, s)
 	if named := slices.DeleteFunc(g.named[s.clientID], func(o *session) bool { return o == s }); len(named) > 0 {
 		g.named[s.clientID] = named
 	} else {
@@ -552,7 +552,6 @@ func (g *Gateway) publishMinusOne(from peer, m *packet.Publish) {
 		a = newSession(g, nil, &packet.Connect{ClientID: "mqttsn-anon-" + hex.EncodeToString(rnd[:]), Flags: packet.Flags{CleanSession: true}})
 		a.lst, a.ident = from.listener(), from.identity()
 		g.anon[key] = a
-		g.live[a] = struct{}{}
 		g.mu.Unlock()
 		a.start(&packet.Connect{Flags: packet.Flags{CleanSession: true}})
 	} else {

@@ -3,6 +3,10 @@
 
 package mqtt
 
+import "hash/maphash"
+
+var idLockSeed = maphash.MakeSeed()
+
 // lockClientID locks the stripe of client id id and returns its unlock.
 // A CONNECT looks for the id's existing client (inheritClientSession) and
 // then adds its own (Clients.Add): two CONNECTs with one id that ran those
@@ -12,11 +16,7 @@ package mqtt
 // live client could no longer be found (no deliveries, no take-over). The
 // stripes (64) keep CONNECTs of other ids from waiting on each other.
 func (s *Server) lockClientID(id string) (unlock func()) {
-	h := uint32(2166136261) // FNV-1a
-	for i := 0; i < len(id); i++ {
-		h = (h ^ uint32(id[i])) * 16777619
-	}
-	mu := &s.idLocks[h%uint32(len(s.idLocks))]
+	mu := &s.idLocks[maphash.String(idLockSeed, id)%uint64(len(s.idLocks))]
 	mu.Lock()
 	return mu.Unlock
 }
